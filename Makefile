@@ -1,0 +1,30 @@
+# make train: set up .venv (bootstrapping uv if needed) and run the default job; make test: the whole suite.
+SHELL := /bin/bash
+UV := $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
+PY := .venv/bin/python
+
+.PHONY: setup train test test-fast benchmark clean
+
+$(UV):
+	python3 -m pip install --user --quiet uv || python3 -m pip install --quiet --break-system-packages uv
+
+.venv/.synced: pyproject.toml uv.lock | $(UV)
+	$(UV) sync --frozen
+	touch $@
+
+setup: .venv/.synced
+
+train: setup
+	$(PY) train.py
+
+test: setup
+	WANDB_MODE=disabled $(PY) -m pytest -q
+
+test-fast: setup
+	WANDB_MODE=disabled $(PY) -m pytest -q -m "not slow"
+
+benchmark: setup
+	$(PY) benchmarks/train_throughput.py
+
+clean:
+	rm -rf outputs multirun .pytest_cache

@@ -1,0 +1,86 @@
+"""Checkpoints: plain dicts of tensors and primitives, written atomically, loaded with ``weights_only``.
+
+A checkpoint holds ``model``, ``optimizer``, ``scheduler``, ``scaler``, ``ema`` state dicts, the
+position (``step``, ``epoch``, ``batch_in_epoch``), ``best`` metric, the RNG states of every generator
+the run uses, the model's ``_target_`` and the resolved ``config`` dict.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from snn_engine.errors import UserError
+
+
+def atomic_save(obj: dict, path: str | os.PathLike) -> None:
+    """Write ``obj`` to a temporary file next to ``path`` and rename it, so readers never see half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            torch.save(obj, handle)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load(path: str | os.PathLike) -> dict:
+    """Load a checkpoint written by :func:`atomic_save` on CPU, refusing arbitrary pickled objects."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"checkpoint {path} does not exist; pass an existing file (ckpt=... or trainer.resume=...)")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # truncated, corrupt or not a checkpoint of ours
+        raise UserError(f"checkpoint {path} cannot be read ({type(error).__name__}: {error}); pass a valid .pt file") from error
+
+
+def rng_state() -> dict:
+    """The states of Python's, NumPy's and torch's (CPU and CUDA) global generators."""
+    np_kind, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        "numpy": {"keys": torch.from_numpy(np_keys.astype(np.int64)), "pos": int(np_pos),
+                  "has_gauss": int(np_has_gauss), "gauss": float(np_gauss)},
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    """Restore what :func:`rng_state` captured."""
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    np_state = state["numpy"]
+    np.random.set_state(("MT19937", np_state["keys"].numpy().astype(np.uint32), np_state["pos"],
+                         np_state["has_gauss"], np_state["gauss"]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def check_compatible(ckpt: dict, model: torch.nn.Module, model_target: str, path) -> None:
+    """Raise :class:`UserError` if ``ckpt`` holds weights of another model than ``model``."""
+    theirs = ckpt.get("model_target", "?")
+    state = ckpt["model"]
+    mine = model.state_dict()
+    mismatched = [k for k in mine if k not in state or state[k].shape != mine[k].shape]
+    extra = [k for k in state if k not in mine]
+    if theirs != model_target or mismatched or extra:
+        first = (mismatched + extra)[:1]
+        raise UserError(
+            f"checkpoint {path} holds a different model ({theirs}, config model "
+            f"{ckpt.get('config', {}).get('model', {})}) than this run ({model_target}); "
+            f"{len(mismatched) + len(extra)} tensors differ (first: {first}); use the checkpoint's model=... "
+            "settings or start without it"
+        )

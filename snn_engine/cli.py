@@ -1,0 +1,33 @@
+"""Shared behaviour of the ``train.py`` / ``eval.py`` entrypoints: one-line errors, no leftovers."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Callable
+
+from hydra.core.hydra_config import HydraConfig
+
+from snn_engine.distributed import remove_hydra_leftovers
+from snn_engine.errors import UserError
+
+
+def run_dir() -> Path:
+    return Path(HydraConfig.get().runtime.output_dir)
+
+
+def task_overrides() -> list[str]:
+    """The ``key=value`` overrides given on the command line (Hydra's own settings excluded)."""
+    return [o for o in HydraConfig.get().overrides.task if not o.startswith(("hydra.", "hydra/"))]
+
+
+def guarded(main: Callable[[], int | None]) -> int:
+    """Run ``main``; a :class:`UserError` becomes one line on stderr and exit status 1."""
+    try:
+        return int(main() or 0)
+    except UserError as error:
+        logging.getLogger("snn_engine").debug("user error", exc_info=True)
+        print(f"error: {error}", file=sys.stderr)
+        remove_hydra_leftovers(run_dir())
+        return 1

@@ -1,0 +1,69 @@
+"""Experiment loggers: Weights & Biases (offline by default) or nothing.
+
+Offline runs are written under ``<run_dir>/wandb`` and can be uploaded later with
+``wandb sync <run_dir>/wandb/offline-run-*``. Only rank 0 logs.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+
+class NullLogger:
+    """Logs nothing (``logger=none``)."""
+
+    name = "none"
+
+    def start(self, run_dir: str, config: dict) -> None:
+        pass
+
+    def log(self, metrics: dict[str, Any], step: int) -> None:
+        pass
+
+    def summary(self, values: dict[str, Any]) -> None:
+        pass
+
+    def log_images(self, images: dict[str, str], step: int) -> None:
+        pass
+
+    def finish(self) -> None:
+        pass
+
+
+class WandbLogger(NullLogger):
+    """W&B run in ``mode`` online/offline/disabled (the ``WANDB_MODE`` environment variable wins)."""
+
+    name = "wandb"
+
+    def __init__(self, project: str = "snn-research", mode: str = "offline", entity: str | None = None,
+                 name: str | None = None, tags: list[str] | None = None, group: str | None = None):
+        self.project, self.entity, self.run_name, self.group = project, entity, name, group
+        self.mode = os.environ.get("WANDB_MODE", mode)
+        self.tags = list(tags or [])
+        self.run = None
+
+    def start(self, run_dir: str, config: dict) -> None:
+        import wandb
+
+        self.run = wandb.init(project=self.project, entity=self.entity, name=self.run_name, group=self.group,
+                              tags=self.tags, mode=self.mode, dir=run_dir, config=config, reinit="finish_previous")
+
+    def log(self, metrics: dict[str, Any], step: int) -> None:
+        if self.run is not None:
+            self.run.log(metrics, step=step)
+
+    def summary(self, values: dict[str, Any]) -> None:
+        if self.run is not None:
+            self.run.summary.update(values)
+
+    def log_images(self, images: dict[str, str], step: int) -> None:
+        if self.run is not None:
+            import wandb
+
+            self.run.log({key: wandb.Image(path) for key, path in images.items()}, step=step)
+
+    def finish(self) -> None:
+        if self.run is not None:
+            self.run.finish()
+            self.run = None

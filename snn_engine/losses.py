@@ -1,0 +1,48 @@
+"""Losses on per-step logits ``[T, B, K]``.
+
+Targets are class indices ``[B]`` or soft distributions ``[B, K]`` (after Mixup/CutMix, label smoothing
+already folded in); ``torch.nn.functional.cross_entropy`` takes both (for soft targets it is
+``sum(-target * log_softmax(logits))``, timm's ``SoftTargetCrossEntropy``, without importing timm).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class TimeAveragedCrossEntropy(nn.Module):
+    """Cross-entropy on the logits averaged over time steps (the sparse-MLP paper's loss).
+
+    ``logits [T, B, K]`` (or ``[B, K]``), ``target [B]`` or ``[B, K]`` -> scalar.
+    """
+
+    def __init__(self, label_smoothing: float = 0.0):
+        super().__init__()
+        self.label_smoothing = label_smoothing
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        mean_logits = logits.mean(0) if logits.ndim == 3 else logits
+        if target.ndim == 2:
+            return F.cross_entropy(mean_logits, target)
+        return F.cross_entropy(mean_logits, target, label_smoothing=self.label_smoothing)
+
+
+class TETLoss(nn.Module):
+    """Temporal efficient training loss (Deng et al. 2022), averaged over T as in the TET paper.
+
+    ``mean_t[(1 - lam) * CE(o_t, y) + lam * MSE(o_t, phi)]`` with ``phi`` a constant ``phi_value``.
+    ``logits [T, B, K]``, ``target [B]`` or ``[B, K]``.
+    """
+
+    def __init__(self, lam: float = 0.05, phi_value: float = 1.0, label_smoothing: float = 0.0):
+        super().__init__()
+        self.lam, self.phi_value = lam, phi_value
+        self.ce = TimeAveragedCrossEntropy(label_smoothing)
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        steps = logits.shape[0]
+        ce = sum(self.ce(logits[t], target) for t in range(steps)) / steps
+        mse = F.mse_loss(logits, torch.full_like(logits, self.phi_value))
+        return (1.0 - self.lam) * ce + self.lam * mse

@@ -1,0 +1,123 @@
+"""Spiking neuron factory: every model asks for neurons through one zero-argument callable.
+
+Configs under ``conf/neuron`` instantiate :func:`make_neuron` with ``_partial_: true``; a model calls the
+resulting partial once per spiking layer and gets a fresh multi-step module that maps ``[T, B, ...]``
+input currents to ``[T, B, ...]`` binary spikes.
+
+SpikingJelly 2.0 chooses its CUDA kernels per neuron type from ``SJ_<TYPE>_CUDA_IMPLEMENTATION``
+(``auto`` tries native CUDA, then Triton, then torch). :func:`select_implementation` maps our
+``implementation`` config value onto that mechanism, checks that it can run on the device, and returns
+the name of the implementation that will actually run, for logging.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+from typing import Callable
+
+import torch
+from spikingjelly.activation_based import neuron as sj_neuron
+from spikingjelly.activation_based import surrogate as sj_surrogate
+from torch import nn
+
+from snn_engine.errors import UserError
+
+SURROGATES: dict[str, Callable[[float], nn.Module]] = {
+    "sigmoid": sj_surrogate.Sigmoid,
+    "atan": sj_surrogate.ATan,
+    "erf": sj_surrogate.Erf,
+    "piecewise_quadratic": sj_surrogate.PiecewiseQuadratic,
+    "piecewise_exp": sj_surrogate.PiecewiseExp,
+    "soft_sign": sj_surrogate.SoftSign,
+    "super_spike": sj_surrogate.SuperSpike,
+}
+# our neuron kind -> SpikingJelly's op package (whose _selection reads SJ_<NAME>_CUDA_IMPLEMENTATION)
+SJ_OP_PACKAGES = {"lif": "lif", "plif": "plif", "if": "if_"}
+IMPLEMENTATIONS = ("auto", "torch", "cuda", "triton")
+
+
+def make_surrogate(name: str, alpha: float) -> nn.Module:
+    """A SpikingJelly surrogate-gradient function by name, e.g. ``sigmoid`` with ``alpha=4``."""
+    if name not in SURROGATES:
+        raise UserError(f"unknown neuron.surrogate={name!r}; choose one of {sorted(SURROGATES)}")
+    return SURROGATES[name](alpha=float(alpha))
+
+
+def make_neuron(
+    kind: str = "lif",
+    tau: float = 2.0,
+    decay_input: bool = True,
+    v_threshold: float = 1.0,
+    v_reset: float | None = 0.0,
+    detach_reset: bool = True,
+    surrogate: str = "sigmoid",
+    alpha: float = 4.0,
+    implementation: str = "auto",
+) -> nn.Module:
+    """One multi-step spiking layer: ``[T, B, ...]`` currents -> ``[T, B, ...]`` spikes in {0, 1}.
+
+    ``kind`` is ``lif`` (fixed tau), ``plif`` (learnable tau initialised to ``tau``) or ``if``.
+    ``v_reset=None`` means soft reset (subtract the threshold). ``implementation`` is checked by
+    :func:`select_implementation` when the engine moves the model to its device.
+    """
+    if implementation not in IMPLEMENTATIONS:
+        raise UserError(f"unknown neuron.implementation={implementation!r}; choose one of {IMPLEMENTATIONS}")
+    common = dict(
+        v_threshold=float(v_threshold),
+        v_reset=None if v_reset is None else float(v_reset),
+        surrogate_function=make_surrogate(surrogate, alpha),
+        detach_reset=bool(detach_reset),
+        step_mode="m",
+    )
+    if kind == "lif":
+        return sj_neuron.LIFNode(tau=float(tau), decay_input=bool(decay_input), **common)
+    if kind == "plif":
+        return sj_neuron.ParametricLIFNode(init_tau=float(tau), decay_input=bool(decay_input), **common)
+    if kind == "if":
+        return sj_neuron.IFNode(**common)
+    raise UserError(f"unknown neuron.kind={kind!r}; choose one of {sorted(SJ_OP_PACKAGES)}")
+
+
+def select_implementation(kind: str, implementation: str, device: torch.device) -> str:
+    """Apply ``implementation`` for neurons of ``kind`` on ``device`` and return what will run.
+
+    On CPU only the torch implementation exists. On CUDA the choice is handed to SpikingJelly through its
+    environment variable (and its already-imported selector, which read the variable at import time);
+    an implementation that cannot run raises :class:`UserError` instead of silently falling back.
+    """
+    if implementation not in IMPLEMENTATIONS:
+        raise UserError(f"unknown neuron.implementation={implementation!r}; choose one of {IMPLEMENTATIONS}")
+    if kind not in SJ_OP_PACKAGES:
+        return "torch (python)"  # neurons of our own (no SpikingJelly kernels) run as plain torch ops
+    if device.type != "cuda":
+        if implementation in ("cuda", "triton"):
+            raise UserError(
+                f"neuron.implementation={implementation} needs a CUDA device but the run is on {device.type}; "
+                "use neuron.implementation=auto (or torch), or trainer=gpu on a machine with a GPU"
+            )
+        return "torch (cpu)"
+    package = SJ_OP_PACKAGES[kind]
+    os.environ[f"SJ_{package.rstrip('_').upper()}_CUDA_IMPLEMENTATION"] = implementation
+    module_name = f"spikingjelly._ops.{package}"
+    ops = sys.modules.get(module_name) or importlib.import_module(module_name)
+    selection = ops._selection
+    if selection._requested != implementation:  # the selector read the variable before we set it
+        selection._requested = implementation
+        selection._selections.clear()
+        selection._compiled_selections.clear()
+    from spikingjelly.activation_based.functional import neuron_implementation
+
+    try:
+        chosen = neuron_implementation(kind, device)["implementation"]
+    except (RuntimeError, ValueError, ImportError) as error:
+        raise UserError(
+            f"neuron.implementation={implementation} cannot run on {device}: {error}; use neuron.implementation=auto"
+        ) from error
+    if implementation != "auto" and chosen != implementation:
+        raise UserError(
+            f"neuron.implementation={implementation} was asked for but SpikingJelly selected {chosen}; "
+            "use neuron.implementation=auto"
+        )
+    return str(chosen)

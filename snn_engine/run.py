@@ -1,0 +1,191 @@
+"""What ``train.py`` and ``eval.py`` run: build everything from the config, then train or evaluate.
+
+Every object comes from a ``_target_`` config, so a new model family is a package plus config files:
+``dataset`` (an object with ``train_set()``, ``val_set()``, ``mixup_fn()``), ``neuron`` (a partial the
+model calls once per spiking layer), ``model`` (called with ``neuron=``), ``optimizer`` and
+``scheduler`` (partials), ``loss`` and ``logger``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from hydra.utils import get_class, instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from snn_engine import checkpoint as ckpt_io
+from snn_engine import distributed
+from snn_engine.errors import UserError
+from snn_engine.evaluation import evaluate_model
+from snn_engine.logger import NullLogger
+from snn_engine.neurons import select_implementation
+from snn_engine.optim import build_optimizer
+from snn_engine.trainer import PRECISIONS, Trainer, resolve_precision
+
+log = logging.getLogger(__name__)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def count_parameters(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def build_model(cfg: DictConfig) -> torch.nn.Module:
+    """The model of ``cfg.model`` with neurons from ``cfg.neuron``."""
+    neuron = instantiate(cfg.neuron)
+    return instantiate(cfg.model, neuron=neuron)
+
+
+def make_scheduler_factory(cfg: DictConfig):
+    """A function ``(optimizer, epochs, steps_per_epoch) -> scheduler`` counting ``total`` in its interval."""
+
+    def factory(optimizer, epochs: int, steps_per_epoch: int):
+        partial = instantiate(cfg.scheduler)
+        interval = partial.keywords.get("interval", "epoch")
+        total = epochs if interval == "epoch" else int(cfg.trainer.max_steps or epochs * steps_per_epoch)
+        return partial(optimizer=optimizer, total=max(1, total))
+
+    return factory
+
+
+def resume_path(cfg: DictConfig, run_dir: Path) -> Path | None:
+    """``trainer.resume``: null (fresh), ``auto`` (this run directory's last.pt if any) or a path."""
+    resume = cfg.trainer.resume
+    if not resume:
+        return None
+    if resume == "auto":
+        candidate = run_dir / "checkpoints" / "last.pt"
+        return candidate if candidate.is_file() else None
+    return Path(str(resume))
+
+
+def write_json(path: Path, values: dict) -> None:
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(values, indent=2, sort_keys=True, default=float))
+    tmp.replace(path)
+
+
+def train(cfg: DictConfig, run_dir: str | Path) -> dict:
+    """Train ``cfg.model`` on ``cfg.dataset``; return (and write to ``summary.json``) the run's summary."""
+    run_dir = Path(run_dir)
+    started = time.perf_counter()
+    env = distributed.setup(cfg.trainer.accelerator)
+    try:
+        run_dir = distributed.shared_run_dir(run_dir, env)
+        if not env.is_main:
+            logging.getLogger().setLevel(logging.WARNING)
+        seed_everything(int(cfg.seed))
+        data = instantiate(cfg.dataset)
+        train_set, val_set = data.train_set(), data.val_set()
+        model = build_model(cfg)
+        implementation = select_implementation(cfg.neuron.kind, cfg.neuron.implementation, env.device)
+        resolve_precision(cfg.trainer.precision, env.device)
+        if cfg.trainer.sync_bn and env.distributed:
+            model = distributed.convert_sync_batchnorm(model, env.device)
+        seed_everything(int(cfg.seed) + env.rank)
+        meta = {"model_target": cfg.model._target_, "config": OmegaConf.to_container(cfg, resolve=True),
+                "config_raw": OmegaConf.to_container(cfg, resolve=False)}
+        logger = instantiate(cfg.logger) if env.is_main else NullLogger()
+        trainer = Trainer(cfg, model, data, train_set, val_set, instantiate(cfg.loss),
+                          lambda m: build_optimizer(instantiate(cfg.optimizer), m), make_scheduler_factory(cfg),
+                          env, run_dir, logger, meta)
+        path = resume_path(cfg, run_dir)
+        if path is not None:
+            trainer.load_state(ckpt_io.load(path), path)
+        num_params = count_parameters(model)
+        if env.is_main:
+            log.info("model %s: %.3fM parameters; neurons: %s; device %s x%d; precision %s; run dir %s",
+                     cfg.model._target_, num_params / 1e6, implementation, env.device, env.world_size,
+                     trainer.precision, run_dir)
+            logger.start(str(run_dir), meta["config"])
+            logger.summary({"num_params": num_params, "neuron_implementation": implementation})
+        status = trainer.fit()
+        summary = {
+            "status": status, "step": trainer.step, "epoch": trainer.epoch, "final": trainer.last_val,
+            "best": trainer.best, "num_params": num_params, "neuron_implementation": implementation,
+            "images_per_s": trainer.images_seen / max(trainer.train_time, 1e-9), "train_time_s": trainer.train_time,
+            "wall_time_s": time.perf_counter() - started, "world_size": env.world_size, "device": str(env.device),
+            "precision": trainer.precision, "checkpoints": str(run_dir / "checkpoints"),
+        }
+        if env.is_main:
+            write_json(run_dir / "summary.json", summary)
+            logger.summary({"best/" + k: v for k, v in trainer.best.items() if isinstance(v, (int, float))})
+            logger.finish()
+            if trainer.last_val:
+                log.info("%s after %d steps: val acc1 %.2f%% (best %.2f%% at step %d); summary in %s", status, trainer.step,
+                         trainer.last_val["acc1"], trainer.best.get("acc1", float("nan")), trainer.best.get("step", -1),
+                         run_dir / "summary.json")
+        summary["stop_signal"] = trainer.stop_signal
+        return summary
+    finally:
+        distributed.cleanup()
+
+
+def checkpoint_config(state: dict, overrides: list[str]) -> DictConfig:
+    """The training config stored in a checkpoint, with ``key=value`` overrides from the eval command line."""
+    if "config_raw" not in state:
+        raise UserError("this checkpoint has no training config; pass a checkpoint written by train.py")
+    cfg = OmegaConf.create(state["config_raw"])
+    for item in overrides:
+        key, _, value = item.partition("=")
+        OmegaConf.update(cfg, key.lstrip("+"), OmegaConf.from_dotlist([f"v={value}"]).v, force_add=True)
+    return cfg
+
+
+def evaluate(cfg: DictConfig, run_dir: str | Path, overrides: list[str]) -> dict:
+    """Evaluate ``cfg.ckpt`` on its validation set; write ``summary.json`` into ``run_dir``."""
+    run_dir = Path(run_dir)
+    state = ckpt_io.load(cfg.ckpt)
+    train_cfg = checkpoint_config(state, overrides)
+    env = distributed.setup(train_cfg.trainer.accelerator)
+    try:
+        precision = resolve_precision(train_cfg.trainer.precision, env.device)
+        data = instantiate(train_cfg.dataset)
+        val_set = data.val_set()
+        model = build_model(train_cfg)
+        if get_class(train_cfg.model._target_) is not type(model):
+            raise UserError(f"checkpoint model {train_cfg.model._target_} could not be rebuilt")
+        ckpt_io.check_compatible(state, model, train_cfg.model._target_, cfg.ckpt)
+        weights = state["ema"] if cfg.use_ema else state["model"]
+        if weights is None:
+            raise UserError("use_ema=true but the checkpoint has no EMA weights; drop use_ema or train with trainer.ema_decay")
+        model.load_state_dict(weights)
+        implementation = select_implementation(train_cfg.neuron.kind, train_cfg.neuron.implementation, env.device)
+        model = model.to(env.device)
+        dtype = PRECISIONS[precision] if precision == "64" else None
+        if dtype is not None:
+            model = model.to(dtype)
+        loader = torch.utils.data.DataLoader(
+            val_set, batch_size=int(data.batch_size), num_workers=int(data.num_workers),
+            sampler=distributed.ShardSampler(len(val_set), env.rank, env.world_size))
+        autocast = torch.autocast("cuda", dtype=PRECISIONS[precision]) if precision in ("bf16", "fp16") else None
+        result = evaluate_model(model, loader, env.device, dtype, autocast)
+        summary = {"ckpt": str(cfg.ckpt), "step": state["step"], "epoch": state["epoch"], "use_ema": bool(cfg.use_ema),
+                   "val": result, "num_params": count_parameters(model), "neuron_implementation": implementation,
+                   "model": OmegaConf.to_container(train_cfg.model, resolve=True)}
+        if env.is_main:
+            write_json(run_dir / "summary.json", summary)
+            log.info("evaluated %s (step %d): val loss %.4f acc1 %.2f%% acc5 %.2f%% firing rate %.4f", cfg.ckpt,
+                     state["step"], result["loss"], result["acc1"], result["acc5"], result["firing_rate"].get("overall", 0.0))
+            for name, rate in result["firing_rate"].items():
+                log.info("  firing rate %-48s %.4f", name, rate)
+            logger = instantiate(cfg.logger)
+            logger.start(str(run_dir), {"eval": OmegaConf.to_container(cfg, resolve=True),
+                                        "train": OmegaConf.to_container(train_cfg, resolve=True)})
+            logger.log({f"eval/{k}": v for k, v in result.items() if k != "firing_rate"}, step=int(state["step"]))
+            logger.summary({f"eval/{k}": v for k, v in result.items() if k != "firing_rate"})
+            logger.finish()
+        return summary
+    finally:
+        distributed.cleanup()

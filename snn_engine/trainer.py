@@ -1,0 +1,302 @@
+"""The training loop: mixed precision, accumulation, clipping, EMA, validation, checkpoints, pre-emption.
+
+One :class:`Trainer` drives one run on one rank. Positions are counted in optimizer steps
+(``step``) and in micro-batches consumed within the current epoch (``batch_in_epoch``), so a run
+stopped anywhere resumes on the same batch with the same random state.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import signal
+import time
+from pathlib import Path
+
+import torch
+from spikingjelly.activation_based.functional import reset_net
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from snn_engine import checkpoint as ckpt_io
+from snn_engine.distributed import (DistEnv, ShardSampler, SkipSampler, any_rank, set_sampler_epoch,
+                                    train_sampler)
+from snn_engine.errors import UserError
+from snn_engine.evaluation import evaluate_model
+from snn_engine.metrics import ClassificationMeter
+
+log = logging.getLogger(__name__)
+PRECISIONS = {"32": torch.float32, "64": torch.float64, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """``auto`` -> fp16 AMP on CUDA (the sparse-MLP recipe), fp32 on CPU; half precision needs CUDA."""
+    precision = str(precision)
+    if precision == "auto":
+        return "fp16" if device.type == "cuda" else "32"
+    if precision not in PRECISIONS:
+        raise UserError(f"unknown trainer.precision={precision!r}; choose auto, 32, 64, bf16 or fp16")
+    if precision in ("bf16", "fp16") and device.type != "cuda":
+        raise UserError(f"trainer.precision={precision} needs CUDA; use trainer.precision=32 on {device.type}")
+    return precision
+
+
+class Trainer:
+    """Fit ``model`` on ``train_set`` and validate on ``val_set`` as ``cfg.trainer`` says.
+
+    ``model`` maps ``[B, C, H, W]`` to per-step logits ``[T, B, K]``; ``criterion(logits, target)``
+    reduces over time. Rank 0 writes ``<run_dir>/checkpoints/{last,best}.pt`` and logs.
+    """
+
+    def __init__(self, cfg, model: nn.Module, data, train_set, val_set, criterion: nn.Module, optimizer_factory,
+                 scheduler_factory, env: DistEnv, run_dir: Path, logger, meta: dict):
+        self.cfg, self.tc, self.env, self.data = cfg, cfg.trainer, env, data
+        self.run_dir, self.logger, self.meta = Path(run_dir), logger, meta
+        self.model_target = meta["model_target"]
+        self.train_set, self.val_set = train_set, val_set
+        self.device = env.device
+        self.precision = resolve_precision(self.tc.precision, self.device)
+        self.model = model.to(self.device)
+        if self.precision == "64":
+            self.model = self.model.double()
+        self.criterion = criterion.to(self.device)
+        self.optimizer = optimizer_factory(self.model)
+        self.batch_size, self.accum = int(data.batch_size), int(self.tc.grad_accum)
+        self.steps_per_epoch = self._steps_per_epoch()
+        total_epochs = int(self.tc.epochs)
+        self.scheduler = scheduler_factory(self.optimizer, total_epochs, self.steps_per_epoch)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.precision == "fp16")
+        self.ema = None
+        if self.tc.ema_decay:
+            from timm.utils import ModelEmaV3
+
+            self.ema = ModelEmaV3(self.model, decay=float(self.tc.ema_decay))
+        self.net = self.model
+        if env.distributed:
+            self.net = DistributedDataParallel(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        if self.tc.compile:
+            self.net = torch.compile(self.net)
+        self.mixup = data.mixup_fn()
+        self.step = self.epoch = self.batch_in_epoch = 0
+        self.best: dict = {}
+        self.last_val: dict = {}
+        self.stop_signal = 0
+        self.images_seen, self.train_time = 0, 0.0
+
+    # ----------------------------------------------------------------------------------------- data
+    def _steps_per_epoch(self) -> int:
+        sampler = train_sampler(self.train_set, self.env, self.cfg.seed, self.data.repeated_aug)
+        batches = len(sampler) // self.batch_size
+        if self.tc.limit_train_batches:
+            batches = min(batches, int(self.tc.limit_train_batches))
+        if batches < self.accum:
+            raise UserError(f"an epoch has {batches} batches of {self.batch_size}, fewer than trainer.grad_accum="
+                            f"{self.accum}; lower dataset.batch_size or trainer.grad_accum")
+        return batches // self.accum
+
+    def _generator(self, epoch: int) -> torch.Generator:
+        return torch.Generator().manual_seed(int(self.cfg.seed) * 1_000_003 + epoch * 1_009 + self.env.rank)
+
+    def train_loader(self, epoch: int, skip_batches: int) -> DataLoader:
+        sampler = train_sampler(self.train_set, self.env, self.cfg.seed, self.data.repeated_aug)
+        set_sampler_epoch(sampler, epoch, int(self.cfg.seed))
+        return DataLoader(self.train_set, batch_size=self.batch_size, sampler=SkipSampler(sampler, skip_batches * self.batch_size),
+                          num_workers=int(self.data.num_workers), pin_memory=self.device.type == "cuda", drop_last=True,
+                          generator=self._generator(epoch), persistent_workers=False)
+
+    def val_loader(self) -> DataLoader:
+        sampler = ShardSampler(len(self.val_set), self.env.rank, self.env.world_size)
+        return DataLoader(self.val_set, batch_size=self.batch_size, sampler=sampler, num_workers=int(self.data.num_workers),
+                          pin_memory=self.device.type == "cuda", generator=self._generator(-1))
+
+    def _to_device(self, x: torch.Tensor, y: torch.Tensor):
+        x = x.to(self.device, non_blocking=True)
+        y = y.to(self.device, non_blocking=True)
+        if self.precision == "64":
+            x = x.double()
+            y = y.double() if y.is_floating_point() else y
+        return x, y
+
+    def _autocast(self):
+        if self.precision in ("bf16", "fp16"):
+            return torch.autocast("cuda", dtype=PRECISIONS[self.precision])
+        return contextlib.nullcontext()
+
+    # ------------------------------------------------------------------------------------- training
+    def fit(self) -> str:
+        """Train until ``trainer.epochs`` / ``trainer.max_steps``; return ``finished`` or ``interrupted``."""
+        previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            return self._fit()
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+
+    def _on_signal(self, signum, frame) -> None:
+        self.stop_signal = signum
+        log.warning("received signal %d: finishing this step, writing a checkpoint, then exiting", signum)
+
+    def _done(self) -> bool:
+        return bool(self.tc.max_steps) and self.step >= int(self.tc.max_steps)
+
+    def _fit(self) -> str:
+        val_every_steps = int(self.tc.val_every_n_steps or 0)
+        while self.epoch < int(self.tc.epochs) and not self._done():
+            status = self._train_epoch(val_every_steps)
+            if status == "interrupted":
+                return status
+            self.epoch, self.batch_in_epoch = self.epoch + 1, 0
+            if self.scheduler.interval == "epoch":
+                self.scheduler.step()
+            if not val_every_steps and (self.epoch % int(self.tc.val_every_n_epochs) == 0 or self.epoch == int(self.tc.epochs)):
+                self.validate_and_checkpoint()
+            else:
+                self.save_checkpoint()
+        if not self.last_val or self.last_val.get("step") != self.step:
+            self.validate_and_checkpoint()
+        return "finished"
+
+    def _train_epoch(self, val_every_steps: int) -> str:
+        self.net.train()
+        skip = self.batch_in_epoch
+        loader = self.train_loader(self.epoch, skip)
+        micro_total = self.steps_per_epoch * self.accum
+        bar = tqdm(total=micro_total, initial=skip, desc=f"epoch {self.epoch}", dynamic_ncols=True, leave=False,
+                   disable=not (self.env.is_main and self.tc.progress_bar))
+        meter, tick = ClassificationMeter(), time.perf_counter()
+        for x, y in loader:
+            if self.batch_in_epoch >= micro_total or self._done():
+                break
+            x, y = self._to_device(x, y)
+            loss_value = self._micro_step(x, y, meter)
+            self.batch_in_epoch += 1
+            bar.update(1)
+            if self.batch_in_epoch % self.accum:
+                continue
+            self._optimizer_step()
+            now = time.perf_counter()
+            self.train_time += now - tick
+            self.images_seen += self.batch_size * self.accum * self.env.world_size
+            if self.step % int(self.tc.log_every_n_steps) == 0 or self.step == 1:
+                stats = meter.compute(self.device)
+                lr = self.optimizer.param_groups[0]["lr"]
+                ips = self.batch_size * self.accum * self.env.world_size / max(now - tick, 1e-9)
+                bar.set_postfix(loss=f"{loss_value:.4f}", acc=f"{stats['acc1']:.1f}", lr=f"{lr:.2e}", img_s=f"{ips:.0f}")
+                if self.env.is_main:
+                    self.logger.log({"train/loss": stats["loss"], "train/acc1": stats["acc1"], "train/lr": lr,
+                                     "train/images_per_s": ips, "epoch": self.epoch}, step=self.step)
+                meter = ClassificationMeter()
+            if val_every_steps and self.step % val_every_steps == 0:
+                self.validate_and_checkpoint()
+                self.net.train()
+            if self._should_stop():
+                bar.close()
+                self.save_checkpoint()
+                return "interrupted"
+            tick = time.perf_counter()
+        bar.close()
+        return "epoch"
+
+    def _should_stop(self) -> bool:
+        requested = bool(self.stop_signal) or (bool(self.tc.stop_after_steps) and self.step >= int(self.tc.stop_after_steps))
+        return any_rank(requested, self.device)
+
+    def _micro_step(self, x: torch.Tensor, y: torch.Tensor, meter: ClassificationMeter) -> float:
+        if self.mixup is not None:
+            x, y = self.mixup(x, y)
+        last_micro = (self.batch_in_epoch + 1) % self.accum == 0
+        sync = contextlib.nullcontext() if last_micro or not self.env.distributed else self.net.no_sync()
+        with sync:
+            with self._autocast():
+                logits = self.net(x)
+                loss = self.criterion(logits, y)
+            loss_value = loss.item()
+            if not math.isfinite(loss_value):
+                raise UserError(f"non-finite loss ({loss_value}) at step {self.step}; the last good checkpoint is kept in "
+                                f"{self.run_dir / 'checkpoints'}; lower optimizer.lr or set trainer.grad_clip")
+            self.scaler.scale(loss / self.accum).backward()
+        reset_net(self.net)
+        meter.update(logits.detach().float().mean(0), y, loss_value)
+        return loss_value
+
+    def _optimizer_step(self) -> None:
+        if self.tc.grad_clip:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), float(self.tc.grad_clip))
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.ema is not None:
+            self.ema.update(self.model, step=self.step)
+        if self.scheduler.interval == "step":
+            self.scheduler.step()
+        self.step += 1
+
+    # ----------------------------------------------------------------------------------- validation
+    def evaluate(self, model: nn.Module | None = None) -> dict:
+        """Validation loss, top-1/top-5 (%) and per-layer firing rates of ``model`` (default: the trained one)."""
+        dtype = torch.float64 if self.precision == "64" else None
+        return evaluate_model(model if model is not None else self.model, self.val_loader(), self.device, dtype,
+                              self._autocast(), int(self.tc.limit_val_batches or 0))
+
+    def validate_and_checkpoint(self) -> dict:
+        result = self.evaluate()
+        metrics = {f"val/{k}": v for k, v in result.items() if k != "firing_rate"}
+        metrics["val/firing_rate_mean"] = result["firing_rate"].get("overall", float("nan"))
+        metrics.update({f"firing_rate/{k}": v for k, v in result["firing_rate"].items()})
+        if self.ema is not None:
+            ema_result = self.evaluate(self.ema.module)
+            metrics.update({f"val_ema/{k}": v for k, v in ema_result.items() if k != "firing_rate"})
+        self.last_val = {"step": self.step, "epoch": self.epoch, **result,
+                         **{k: v for k, v in metrics.items() if k.startswith("val_ema/")}}
+        monitor = str(self.tc.monitor)
+        value = metrics.get(monitor)
+        if value is None:
+            raise UserError(f"trainer.monitor={monitor} is not a validation metric; choose one of {sorted(metrics)}")
+        improved = not self.best or (value > self.best["value"] if self.tc.monitor_mode == "max" else value < self.best["value"])
+        if improved:
+            self.best = {"metric": monitor, "value": value, "step": self.step, "epoch": self.epoch,
+                         "acc1": result["acc1"], "acc5": result["acc5"], "loss": result["loss"]}
+        if self.env.is_main:
+            log.info("step %d epoch %d: val loss %.4f acc1 %.2f acc5 %.2f firing rate %.4f", self.step, self.epoch,
+                     result["loss"], result["acc1"], result["acc5"], metrics["val/firing_rate_mean"])
+            self.logger.log(metrics, step=self.step)
+        self.save_checkpoint(best=improved)
+        return result
+
+    # ---------------------------------------------------------------------------------- checkpoints
+    def state_dict(self) -> dict:
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
+                "ema": self.ema.module.state_dict() if self.ema is not None else None,
+                "step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch, "best": self.best,
+                "last_val": {k: v for k, v in self.last_val.items()}, "rng": ckpt_io.rng_state(),
+                **self.meta}
+
+    def save_checkpoint(self, best: bool = False) -> None:
+        if not self.env.is_main:
+            return
+        state = self.state_dict()
+        folder = self.run_dir / "checkpoints"
+        ckpt_io.atomic_save(state, folder / "last.pt")
+        if best:
+            ckpt_io.atomic_save(state, folder / "best.pt")
+
+    def load_state(self, state: dict, path) -> None:
+        """Continue from a checkpoint written by :meth:`save_checkpoint` (same model, same recipe)."""
+        ckpt_io.check_compatible(state, self.model, self.model_target, path)
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        if self.ema is not None and state.get("ema") is not None:
+            self.ema.module.load_state_dict(state["ema"])
+        self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
+        self.best, self.last_val = state["best"], state.get("last_val", {})
+        ckpt_io.set_rng_state(state["rng"])
+        if self.env.rank > 0:
+            torch.manual_seed(int(self.cfg.seed) + 7919 * self.env.rank + self.step)
+        log.info("resumed from %s at step %d (epoch %d, batch %d)", path, self.step, self.epoch, self.batch_in_epoch)

@@ -1,0 +1,151 @@
+"""Unit tests of the engine's pieces: neurons, parameter groups, schedules, losses, checkpoints."""
+
+import math
+import random
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from snn_engine import checkpoint as ckpt_io
+from snn_engine.errors import UserError
+from snn_engine.losses import TETLoss, TimeAveragedCrossEntropy
+from snn_engine.metrics import FiringRateMeter, topk_hits
+from snn_engine.neurons import make_neuron, select_implementation
+from snn_engine.optim import param_groups, warmup_cosine
+
+
+def reference_lif(x: torch.Tensor, tau: float, v_th: float, v_reset: float, decay_input: bool) -> torch.Tensor:
+    """Exact iterative LIF with hard reset, one step at a time (float64)."""
+    v = torch.full_like(x[0], v_reset)
+    spikes = []
+    for t in range(x.shape[0]):
+        if decay_input:
+            h = v + (x[t] - (v - v_reset)) / tau
+        else:
+            h = v - (v - v_reset) / tau + x[t]
+        s = (h >= v_th).to(x.dtype)
+        v = h * (1 - s) + v_reset * s
+        spikes.append(s)
+    return torch.stack(spikes)
+
+
+@pytest.mark.parametrize("decay_input", [True, False])
+def test_lif_matches_exact_iteration(decay_input):
+    torch.manual_seed(0)
+    x = torch.randn(16, 4, 50, dtype=torch.float64) * 1.5
+    neuron = make_neuron(kind="lif", tau=2.0, decay_input=decay_input)
+    out = neuron(x)
+    assert torch.equal(out, reference_lif(x, 2.0, 1.0, 0.0, decay_input))
+    assert set(out.unique().tolist()) <= {0.0, 1.0}
+
+
+def test_neuron_kinds_and_errors():
+    x = torch.randn(4, 2, 8)
+    for kind in ("lif", "plif", "if"):
+        assert make_neuron(kind=kind)(x).shape == x.shape
+    assert sum(p.numel() for p in make_neuron(kind="plif").parameters()) == 1
+    with pytest.raises(UserError, match="neuron.kind"):
+        make_neuron(kind="nope")
+    with pytest.raises(UserError, match="neuron.surrogate"):
+        make_neuron(surrogate="nope")
+    with pytest.raises(UserError, match="neuron.implementation"):
+        make_neuron(implementation="cupy")
+
+
+def test_implementation_on_cpu():
+    assert select_implementation("lif", "auto", torch.device("cpu")) == "torch (cpu)"
+    for impl in ("cuda", "triton"):
+        with pytest.raises(UserError, match="needs a CUDA device"):
+            select_implementation("lif", impl, torch.device("cpu"))
+
+
+def test_param_groups_exclude_norms_biases_and_honour_hints():
+    model = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.Linear(8, 2))
+    model[2].weight._optim = {"lr": 1e-3, "weight_decay": 0.0}
+    groups = param_groups(model, weight_decay=0.05)
+    by_decay = {id(p): g for g in groups for p in g["params"]}
+    assert by_decay[id(model[0].weight)]["weight_decay"] == 0.05
+    for p in (model[0].bias, model[1].weight, model[1].bias, model[2].bias):
+        assert by_decay[id(p)]["weight_decay"] == 0.0
+    assert by_decay[id(model[2].weight)]["lr"] == 1e-3
+    assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
+
+
+def test_cosine_matches_torch_and_warmup():
+    p = nn.Parameter(torch.zeros(1))
+    ours = torch.optim.SGD([p], lr=0.1)
+    theirs = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.1)
+    sched = warmup_cosine(ours, total=10)
+    ref = torch.optim.lr_scheduler.CosineAnnealingLR(theirs, T_max=10)
+    for _ in range(10):
+        assert math.isclose(ours.param_groups[0]["lr"], theirs.param_groups[0]["lr"], rel_tol=1e-9, abs_tol=1e-12)
+        sched.step()
+        ref.step()
+    opt = torch.optim.SGD([p], lr=1.0)
+    sched = warmup_cosine(opt, total=20, warmup=4, warmup_start_factor=0.0, interval="step")
+    lrs = []
+    for _ in range(6):
+        lrs.append(opt.param_groups[0]["lr"])
+        sched.step()
+    assert lrs[:5] == pytest.approx([0.0, 0.25, 0.5, 0.75, 1.0])
+    assert sched.interval == "step"
+    with pytest.raises(UserError):
+        warmup_cosine(opt, total=5, interval="batch")
+
+
+def test_losses_average_over_time_and_accept_soft_targets():
+    torch.manual_seed(0)
+    logits = torch.randn(4, 6, 5)
+    target = torch.randint(0, 5, (6,))
+    ce = TimeAveragedCrossEntropy()
+    assert torch.allclose(ce(logits, target), nn.functional.cross_entropy(logits.mean(0), target))
+    soft = nn.functional.one_hot(target, 5).float()
+    assert torch.allclose(ce(logits, soft), ce(logits, target), atol=1e-6)
+    tet = TETLoss(lam=0.0)
+    per_step = torch.stack([nn.functional.cross_entropy(logits[t], target) for t in range(4)]).mean()
+    assert torch.allclose(tet(logits, target), per_step)
+    assert TETLoss(lam=1.0)(torch.ones(2, 3, 5), target[:3]).item() == 0.0
+
+
+def test_topk_hits():
+    logits = torch.tensor([[0.1, 0.9, 0.0], [0.8, 0.1, 0.2]])
+    assert topk_hits(logits, torch.tensor([1, 2]), ks=(1, 2)) == [1, 2]
+
+
+def test_firing_rate_meter_counts_spikes():
+    model = nn.Sequential(make_neuron(), make_neuron())
+    x = torch.full((4, 3, 10), 5.0)  # every step fires
+    with FiringRateMeter(model) as meter:
+        model(x)
+        rates = meter.compute(torch.device("cpu"))
+    assert rates["0"] == 1.0
+    assert rates["overall"] == pytest.approx((1.0 + rates["1"]) / 2)
+
+
+def test_checkpoint_atomic_and_weights_only(tmp_path):
+    model = nn.Linear(3, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    model(torch.randn(4, 3)).sum().backward()
+    opt.step()
+    state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "rng": ckpt_io.rng_state(),
+             "config": {"a": 1, "b": [1, 2], "c": None}, "step": 3}
+    path = tmp_path / "c" / "last.pt"
+    ckpt_io.atomic_save(state, path)
+    assert [p.name for p in path.parent.iterdir()] == ["last.pt"]
+    loaded = torch.load(path, weights_only=True)
+    assert loaded["step"] == 3 and torch.equal(loaded["model"]["weight"], model.weight)
+    path.write_bytes(b"not a checkpoint")
+    with pytest.raises(UserError, match="cannot be read"):
+        ckpt_io.load(path)
+    with pytest.raises(UserError, match="does not exist"):
+        ckpt_io.load(tmp_path / "missing.pt")
+
+
+def test_rng_state_round_trip(tmp_path):
+    random.seed(1), np.random.seed(1), torch.manual_seed(1)
+    ckpt_io.atomic_save({"rng": ckpt_io.rng_state()}, tmp_path / "r.pt")
+    first = (random.random(), np.random.rand(), torch.rand(1).item())
+    ckpt_io.set_rng_state(torch.load(tmp_path / "r.pt", weights_only=True)["rng"])
+    assert (random.random(), np.random.rand(), torch.rand(1).item()) == first

@@ -1,0 +1,124 @@
+"""End-to-end behaviour of the engine on the embedded shapes data: learning, eval, resume, DDP, errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from snn_engine import run
+from snn_engine.errors import UserError
+from snn_engine.evaluation import evaluate_model
+from tests.helpers import TINY, compose_train, load_weights, read_summary, run_cli
+
+
+def test_short_run_lowers_validation_loss(tmp_path):
+    cfg = compose_train(TINY + ["trainer.epochs=3"])
+    run.seed_everything(cfg.seed)
+    data = run.instantiate(cfg.dataset)
+    model = run.build_model(cfg)
+    loader = torch.utils.data.DataLoader(data.val_set(), batch_size=32)
+    before = evaluate_model(model, loader, torch.device("cpu"))
+    summary = run.train(cfg, tmp_path)
+    assert summary["status"] == "finished" and summary["step"] == 3 * (192 // 32)
+    assert summary["final"]["loss"] < before["loss"] - 0.2
+    assert summary["final"]["acc1"] > before["acc1"]
+    assert 0.0 < summary["final"]["firing_rate"]["overall"] < 1.0
+    assert summary["num_params"] == sum(p.numel() for p in model.parameters())
+    for name in ("last.pt", "best.pt"):
+        assert (tmp_path / "checkpoints" / name).is_file()
+
+
+@pytest.mark.slow
+def test_cli_train_then_eval_reproduces_accuracy(tmp_path):
+    args = TINY + ["trainer.epochs=1", f"paths.output={tmp_path}", "run_name=r"]
+    done = run_cli("train.py", args, tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    run_dir = tmp_path / "train" / "r"
+    summary = read_summary(run_dir)
+    assert (run_dir / ".hydra" / "config.yaml").is_file()
+    done = run_cli("eval.py", [f"ckpt={run_dir / 'checkpoints' / 'last.pt'}", f"paths.output={tmp_path}", "run_name=e",
+                               "logger=none"], tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    evaluated = read_summary(tmp_path / "eval" / "e")
+    assert evaluated["val"]["acc1"] == pytest.approx(summary["final"]["acc1"], abs=1e-9)
+    assert evaluated["val"]["loss"] == pytest.approx(summary["final"]["loss"], rel=1e-6)
+    assert evaluated["val"]["firing_rate"]["overall"] == pytest.approx(summary["final"]["firing_rate"]["overall"])
+
+
+def test_resume_mid_epoch_equals_uninterrupted_run(tmp_path):
+    base = TINY + ["trainer.epochs=2", "trainer.limit_train_batches=4", "optimizer=sgd", "optimizer.lr=0.05"]
+    full = run.train(compose_train(base), tmp_path / "full")
+    stopped = run.train(compose_train(base + ["trainer.stop_after_steps=3"]), tmp_path / "part")
+    assert stopped["status"] == "interrupted" and stopped["step"] == 3
+    last = tmp_path / "part" / "checkpoints" / "last.pt"
+    resumed = run.train(compose_train(base + [f"trainer.resume={last}"]), tmp_path / "resumed")
+    assert resumed["step"] == full["step"] == 8
+    a, b = load_weights(tmp_path / "full"), load_weights(tmp_path / "resumed")
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    assert resumed["final"]["acc1"] == full["final"]["acc1"]
+    assert resumed["final"]["loss"] == full["final"]["loss"]
+
+
+def test_resume_auto_starts_fresh_then_continues(tmp_path):
+    base = TINY + ["trainer.epochs=1", "trainer.limit_train_batches=3", "trainer.resume=auto"]
+    first = run.train(compose_train(base + ["trainer.stop_after_steps=1"]), tmp_path)
+    assert first["step"] == 1
+    second = run.train(compose_train(base), tmp_path)
+    assert second["status"] == "finished" and second["step"] == 3
+
+
+@pytest.mark.slow
+def test_two_process_ddp_equals_one_process(tmp_path):
+    common = TINY + ["trainer.epochs=1", "trainer.limit_train_batches=3", "trainer.precision=64", "trainer.sync_bn=true",
+                     f"paths.output={tmp_path}", "optimizer=sgd", "optimizer.lr=0.05"]
+    single = run_cli("train.py", common + ["run_name=one", "dataset.batch_size=32"], tmp_path)
+    assert single.returncode == 0, single.stderr[-3000:]
+    double = run_cli("train.py", common + ["run_name=two", "dataset.batch_size=16", "trainer.limit_train_batches=3"],
+                     tmp_path, torchrun_procs=2)
+    assert double.returncode == 0, double.stderr[-3000:]
+    one, two = read_summary(tmp_path / "train" / "one"), read_summary(tmp_path / "train" / "two")
+    assert two["world_size"] == 2 and one["step"] == two["step"] == 3
+    wa, wb = load_weights(tmp_path / "train" / "one"), load_weights(tmp_path / "train" / "two")
+    for key in wa:  # float64, so only summation order differs; spikes flip only if a membrane sits within ~1e-12 of threshold
+        assert torch.allclose(wa[key], wb[key], rtol=1e-7, atol=1e-9), key
+    assert one["final"]["acc1"] == pytest.approx(two["final"]["acc1"], abs=1e-9)
+    assert one["final"]["loss"] == pytest.approx(two["final"]["loss"], rel=1e-7)
+    assert not (tmp_path / "train" / "two" / "checkpoints" / "rank1").exists()
+
+
+def test_missing_data_directory_is_one_clear_line(tmp_path):
+    done = run_cli("train.py", ["dataset=mnist", f"paths.data={tmp_path / 'nowhere'}", f"paths.output={tmp_path / 'out'}",
+                                "logger=none"], tmp_path)
+    assert done.returncode == 1
+    lines = [line for line in done.stderr.strip().splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "paths.data" in lines[0], done.stderr
+    assert not any((tmp_path / "out").rglob("*.*")), list((tmp_path / "out").rglob("*"))
+
+
+def test_unknown_config_value_lists_options(tmp_path):
+    done = run_cli("train.py", ["model=no_such_model"], tmp_path)
+    assert done.returncode != 0
+    assert "no_such_model" in done.stderr and "sparse_mlp_s" in done.stderr
+
+
+def test_unavailable_neuron_implementation_is_an_error(tmp_path):
+    with pytest.raises(UserError, match="needs a CUDA device"):
+        run.train(compose_train(TINY + ["neuron.implementation=cuda"]), tmp_path)
+
+
+def test_checkpoint_of_another_model_is_refused(tmp_path):
+    run.train(compose_train(TINY + ["trainer.max_steps=1"]), tmp_path / "a")
+    other = TINY + ["model.dim=18", f"trainer.resume={tmp_path / 'a' / 'checkpoints' / 'last.pt'}"]
+    with pytest.raises(UserError, match="different model"):
+        run.train(compose_train(other), tmp_path / "b")
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
+    cfg = TINY + ["optimizer=sgd", "optimizer.lr=1e30", "optimizer.momentum=0.0", "trainer.epochs=3",
+                  "trainer.val_every_n_steps=1", "trainer.limit_val_batches=1"]
+    with pytest.raises(UserError, match="non-finite loss"):
+        run.train(compose_train(cfg), tmp_path)
+    state = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=True)
+    assert state["step"] >= 1
