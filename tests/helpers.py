@@ -17,7 +17,6 @@ REPO = Path(__file__).resolve().parents[1]
 TINY = [
     "logger=none", "trainer.progress_bar=false", "trainer.accelerator=cpu", "trainer.precision=32",
     "dataset.train_size=192", "dataset.val_size=96", "dataset.batch_size=32", "trainer.log_every_n_steps=1",
-    "optimizer.lr=0.005",
 ]
 
 

@@ -10,7 +10,19 @@ repeated_aug`` and provides ``train_set()`` / ``val_set()`` (items ``(float32 [C
 
 from snn_engine.data.base import VisionData
 from snn_engine.data.shapes import CLASS_NAMES, ShapesData, ShapesDataset, generate_shapes
-from snn_engine.data.vision import CIFARData, ImageFolderData, MNISTData, read_idx
+
+_VISION = ("CIFARData", "ImageFolderData", "MNISTData", "read_idx")
+
+
+def __getattr__(name: str):
+    """Load the torchvision-backed data sets on first use: importing torchvision costs seconds that the
+    embedded default run does not need."""
+    if name in _VISION:
+        from snn_engine.data import vision
+
+        return getattr(vision, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = ["VisionData", "ShapesData", "ShapesDataset", "generate_shapes", "CLASS_NAMES", "MNISTData",
            "CIFARData", "ImageFolderData", "read_idx"]
