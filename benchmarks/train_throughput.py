@@ -34,7 +34,8 @@ def baseline_neuron():
 
 
 def time_steps(model, x, y, device, steps: int, warmup: int) -> tuple[float, float]:
-    """Median seconds per training step and peak memory in MiB (CUDA: allocator peak; CPU: max RSS)."""
+    """Median seconds per training step and peak memory in MiB (CUDA: allocator peak of this model; CPU: the
+    process's maximum resident set so far, which only grows, so later rows include earlier models' peaks)."""
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     use_amp = device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
@@ -82,7 +83,8 @@ def main() -> None:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU x{torch.get_num_threads()} threads"
     print(f"device: {name}; T={args.T}, batch {args.batch}, {args.image_size} px, {args.classes} classes; "
           f"median of {args.steps} steps after {args.warmup} warm-up")
-    print(f"{'preset':<16}{'params (M)':>11}{'ours s/step':>13}{'ours img/s':>12}{'peak MiB':>10}"
+    peak_name = "peak MiB" if device.type == "cuda" else "maxRSS MiB"
+    print(f"{'preset':<16}{'params (M)':>11}{'ours s/step':>13}{'ours img/s':>12}{peak_name:>11}"
           f"{'baseline s/step':>17}{'speed-up':>10}")
     x = torch.randn(args.batch, 3, args.image_size, args.image_size, device=device)
     y = torch.randint(0, args.classes, (args.batch,), device=device)
@@ -92,7 +94,7 @@ def main() -> None:
         model = create_model(preset, functools.partial(make_neuron), **kwargs).to(device)
         params = sum(p.numel() for p in model.parameters()) / 1e6
         ours, peak = time_steps(model, x, y, device, args.steps, args.warmup)
-        line = f"{preset:<16}{params:>11.2f}{ours:>13.4f}{args.batch / ours:>12.1f}{peak:>10.0f}"
+        line = f"{preset:<16}{params:>11.2f}{ours:>13.4f}{args.batch / ours:>12.1f}{peak:>11.0f}"
         if not args.no_baseline:
             torch.manual_seed(0)
             base_model = create_model(preset, baseline_neuron, **kwargs).to(device)

@@ -8,13 +8,15 @@ import torch
 from spikingjelly.activation_based.functional import reset_net
 from torch import nn
 from torch.utils.data import DataLoader
+from tqdm import tqdm
 
 from snn_engine.metrics import ClassificationMeter, FiringRateMeter
 
 
 @torch.no_grad()
 def evaluate_model(model: nn.Module, loader: DataLoader, device: torch.device, dtype: torch.dtype | None = None,
-                   autocast: contextlib.AbstractContextManager | None = None, limit_batches: int = 0) -> dict:
+                   autocast: contextlib.AbstractContextManager | None = None, limit_batches: int = 0,
+                   progress: bool = False) -> dict:
     """Run ``model`` (``[B, C, H, W]`` -> ``[T, B, K]``) in eval mode over ``loader``.
 
     Returns ``{"loss", "acc1", "acc5", "firing_rate": {layer: rate, "mean", "overall"}}``, reduced
@@ -24,7 +26,8 @@ def evaluate_model(model: nn.Module, loader: DataLoader, device: torch.device, d
     model.eval()
     meter = ClassificationMeter()
     with FiringRateMeter(model) as rates:
-        for i, (x, y) in enumerate(loader):
+        total = min(len(loader), limit_batches) if limit_batches else len(loader)
+        for i, (x, y) in enumerate(tqdm(loader, total=total, desc="validate", leave=False, disable=not progress)):
             if limit_batches and i >= limit_batches:
                 break
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)

@@ -170,7 +170,7 @@ def evaluate(cfg: DictConfig, run_dir: str | Path, overrides: list[str]) -> dict
             val_set, batch_size=int(data.batch_size), num_workers=int(data.num_workers),
             sampler=distributed.ShardSampler(len(val_set), env.rank, env.world_size))
         autocast = torch.autocast("cuda", dtype=PRECISIONS[precision]) if precision in ("bf16", "fp16") else None
-        result = evaluate_model(model, loader, env.device, dtype, autocast)
+        result = evaluate_model(model, loader, env.device, dtype, autocast, progress=env.is_main)
         summary = {"ckpt": str(cfg.ckpt), "step": state["step"], "epoch": state["epoch"], "use_ema": bool(cfg.use_ema),
                    "val": result, "num_params": count_parameters(model), "neuron_implementation": implementation,
                    "model": OmegaConf.to_container(train_cfg.model, resolve=True)}

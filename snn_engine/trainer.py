@@ -240,7 +240,8 @@ class Trainer:
         """Validation loss, top-1/top-5 (%) and per-layer firing rates of ``model`` (default: the trained one)."""
         dtype = torch.float64 if self.precision == "64" else None
         return evaluate_model(model if model is not None else self.model, self.val_loader(), self.device, dtype,
-                              self._autocast(), int(self.tc.limit_val_batches or 0))
+                              self._autocast(), int(self.tc.limit_val_batches or 0),
+                              progress=self.env.is_main and bool(self.tc.progress_bar))
 
     def validate_and_checkpoint(self) -> dict:
         result = self.evaluate()

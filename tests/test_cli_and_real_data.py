@@ -66,3 +66,11 @@ def test_tiny_sparse_mlp_learns_real_mnist(tmp_path):
                          "trainer.limit_train_batches=150", "trainer.limit_val_batches=40"])
     summary = run.train(cfg, tmp_path)
     assert summary["final"]["acc1"] > 85.0, summary["final"]
+
+
+@pytest.mark.slow
+def test_default_job_exceeds_90_percent(tmp_path):
+    """``python train.py`` as shipped (logging aside): the tiny sparse-MLP on the embedded shapes data."""
+    summary = run.train(compose_train(["logger=none", "trainer.progress_bar=false"]), tmp_path)
+    assert summary["final"]["acc1"] > 90.0, summary["final"]
+    assert summary["num_params"] == 846_086

@@ -122,3 +122,24 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
         run.train(compose_train(cfg), tmp_path)
     state = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=True)
     assert state["step"] >= 1
+
+
+def test_ema_accumulation_and_eval_of_ema_weights(tmp_path):
+    cfg = TINY + ["trainer.epochs=1", "trainer.grad_accum=2", "trainer.ema_decay=0.5", "trainer.grad_clip=1.0"]
+    summary = run.train(compose_train(cfg), tmp_path / "t")
+    assert summary["step"] == (192 // 32) // 2  # one optimizer step per two micro-batches
+    assert "val_ema/acc1" in summary["final"]
+    state = torch.load(tmp_path / "t" / "checkpoints" / "last.pt", weights_only=True)
+    assert state["ema"] is not None and not torch.equal(state["ema"]["head.weight"], state["model"]["head.weight"])
+    done = run_cli("eval.py", [f"ckpt={tmp_path / 't' / 'checkpoints' / 'last.pt'}", "use_ema=true", "logger=none",
+                               f"paths.output={tmp_path}", "run_name=e"], tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert read_summary(tmp_path / "eval" / "e")["val"]["acc1"] == pytest.approx(summary["final"]["val_ema/acc1"])
+
+
+def test_default_logger_leaves_an_offline_wandb_run(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    overrides = [o for o in TINY if o != "logger=none"] + ["trainer.max_steps=2", "logger=wandb"]
+    run.train(compose_train(overrides), tmp_path)
+    runs = list((tmp_path / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1 and any(runs[0].rglob("*.wandb"))
