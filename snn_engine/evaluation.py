@@ -10,14 +10,23 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from snn_engine.metrics import ClassificationMeter, FiringRateMeter
+from snn_engine.metrics import ClassificationMeter, FiringRateMeter, time_averaged
+
+
+def to_device(x, device: torch.device, dtype: torch.dtype | None = None):
+    """Move a batch input (a tensor, or a tuple/list of tensors such as a retrieval pair) to ``device``;
+    floating tensors are cast to ``dtype`` when given, token ids stay integer."""
+    if isinstance(x, (tuple, list)):
+        return type(x)(to_device(item, device, dtype) for item in x)
+    x = x.to(device, non_blocking=True)
+    return x.to(dtype) if dtype is not None and x.is_floating_point() else x
 
 
 @torch.no_grad()
 def evaluate_model(model: nn.Module, loader: DataLoader, device: torch.device, dtype: torch.dtype | None = None,
                    autocast: contextlib.AbstractContextManager | None = None, limit_batches: int = 0,
                    progress: bool = False) -> dict:
-    """Run ``model`` (``[B, C, H, W]`` -> ``[T, B, K]``) in eval mode over ``loader``.
+    """Run ``model`` (``[B, C, H, W]`` -> ``[T, B, K]``, or a sequence model -> ``[B, K]``) in eval mode over ``loader``.
 
     Returns ``{"loss", "acc1", "acc5", "firing_rate": {layer: rate, "mean", "overall"}}``, reduced
     over ranks; plain cross-entropy on the time-averaged logits (no smoothing), as the papers report.
@@ -30,11 +39,9 @@ def evaluate_model(model: nn.Module, loader: DataLoader, device: torch.device, d
         for i, (x, y) in enumerate(tqdm(loader, total=total, desc="validate", leave=False, disable=not progress)):
             if limit_batches and i >= limit_batches:
                 break
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            if dtype is not None:
-                x = x.to(dtype)
+            x, y = to_device(x, device, dtype), y.to(device, non_blocking=True)
             with autocast or contextlib.nullcontext():
-                logits = model(x).float().mean(0)
+                logits = time_averaged(model(x).float())
             loss = torch.nn.functional.cross_entropy(logits, y)
             meter.update(logits, y, loss.item())
             reset_net(model)

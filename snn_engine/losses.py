@@ -11,6 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from snn_engine.metrics import time_averaged
+
 
 class TimeAveragedCrossEntropy(nn.Module):
     """Cross-entropy on the logits averaged over time steps (the sparse-MLP paper's loss).
@@ -23,7 +25,7 @@ class TimeAveragedCrossEntropy(nn.Module):
         self.label_smoothing = label_smoothing
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        mean_logits = logits.mean(0) if logits.ndim == 3 else logits
+        mean_logits = time_averaged(logits)
         if target.ndim == 2:
             return F.cross_entropy(mean_logits, target)
         return F.cross_entropy(mean_logits, target, label_smoothing=self.label_smoothing)

@@ -47,9 +47,19 @@ class ClassificationMeter:
         return {"loss": loss_sum / count, "acc1": 100.0 * h1 / count, "acc5": 100.0 * h5 / count}
 
 
+def time_averaged(logits: torch.Tensor) -> torch.Tensor:
+    """Per-step logits ``[T, B, K]`` -> ``[B, K]`` (mean over T); sequence models' ``[B, K]`` pass through."""
+    return logits.mean(0) if logits.dim() == 3 else logits
+
+
+def is_spiking(module: nn.Module) -> bool:
+    """SpikingJelly neurons, and any module of ours that declares ``emits_spikes = True`` (e.g. the SDN neuron)."""
+    return isinstance(module, BaseNode) or bool(getattr(module, "emits_spikes", False))
+
+
 def spiking_layers(model: nn.Module) -> list[str]:
-    """Names of every SpikingJelly neuron module in ``model``."""
-    return [name for name, module in model.named_modules() if isinstance(module, BaseNode)]
+    """Names of every spiking neuron module in ``model``."""
+    return [name for name, module in model.named_modules() if is_spiking(module)]
 
 
 class FiringRateMeter:
@@ -57,11 +67,12 @@ class FiringRateMeter:
 
     Use as a context manager around evaluation: ``with FiringRateMeter(model) as rates: ...``, then
     ``rates.compute(device)`` -> ``{layer_name: rate, ..., "mean": unweighted mean over layers,
-    "overall": total spikes / total neuron-steps}``.
+    "overall": total spikes / total neuron-steps, "sparsity": 1 - overall}``.
     """
 
     def __init__(self, model: nn.Module):
-        self.monitor = OutputMonitor(model, BaseNode, self._count)
+        kinds = tuple({type(m) for m in model.modules() if is_spiking(m)}) or (BaseNode,)
+        self.monitor = OutputMonitor(model, kinds, self._count)
         self.layers = list(self.monitor.monitored_layers)
 
     @staticmethod
@@ -86,4 +97,5 @@ class FiringRateMeter:
         result = dict(zip(self.layers, rates))
         result["mean"] = sum(rates) / len(rates)
         result["overall"] = float(sums[:, 0].sum() / sums[:, 1].sum().clamp(min=1))
+        result["sparsity"] = 1.0 - result["overall"]
         return result

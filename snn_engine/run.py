@@ -168,7 +168,8 @@ def evaluate(cfg: DictConfig, run_dir: str | Path, overrides: list[str]) -> dict
             model = model.to(dtype)
         loader = torch.utils.data.DataLoader(
             val_set, batch_size=int(data.batch_size), num_workers=int(data.num_workers),
-            sampler=distributed.ShardSampler(len(val_set), env.rank, env.world_size))
+            sampler=distributed.ShardSampler(len(val_set), env.rank, env.world_size),
+            collate_fn=data.collate_fn() if hasattr(data, "collate_fn") else None)
         autocast = torch.autocast("cuda", dtype=PRECISIONS[precision]) if precision in ("bf16", "fp16") else None
         result = evaluate_model(model, loader, env.device, dtype, autocast, progress=env.is_main)
         summary = {"ckpt": str(cfg.ckpt), "step": state["step"], "epoch": state["epoch"], "use_ema": bool(cfg.use_ema),

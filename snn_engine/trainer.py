@@ -25,8 +25,8 @@ from snn_engine import checkpoint as ckpt_io
 from snn_engine.distributed import (DistEnv, ShardSampler, SkipSampler, any_rank, set_sampler_epoch,
                                     train_sampler)
 from snn_engine.errors import UserError
-from snn_engine.evaluation import evaluate_model
-from snn_engine.metrics import ClassificationMeter
+from snn_engine.evaluation import evaluate_model, to_device
+from snn_engine.metrics import ClassificationMeter, time_averaged
 
 log = logging.getLogger(__name__)
 PRECISIONS = {"32": torch.float32, "64": torch.float64, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -105,20 +105,21 @@ class Trainer:
         set_sampler_epoch(sampler, epoch, int(self.cfg.seed))
         return DataLoader(self.train_set, batch_size=self.batch_size, sampler=SkipSampler(sampler, skip_batches * self.batch_size),
                           num_workers=int(self.data.num_workers), pin_memory=self.device.type == "cuda", drop_last=True,
-                          generator=self._generator(epoch), persistent_workers=False)
+                          generator=self._generator(epoch), persistent_workers=False, collate_fn=self._collate())
 
     def val_loader(self) -> DataLoader:
         sampler = ShardSampler(len(self.val_set), self.env.rank, self.env.world_size)
         return DataLoader(self.val_set, batch_size=self.batch_size, sampler=sampler, num_workers=int(self.data.num_workers),
-                          pin_memory=self.device.type == "cuda", generator=self._generator(-1))
+                          pin_memory=self.device.type == "cuda", generator=self._generator(-1), collate_fn=self._collate())
 
-    def _to_device(self, x: torch.Tensor, y: torch.Tensor):
-        x = x.to(self.device, non_blocking=True)
-        y = y.to(self.device, non_blocking=True)
-        if self.precision == "64":
-            x = x.double()
-            y = y.double() if y.is_floating_point() else y
-        return x, y
+    def _collate(self):
+        """The data set's own batching (e.g. padding variable-length token sequences), else torch's default."""
+        make = getattr(self.data, "collate_fn", None)
+        return make() if make is not None else None
+
+    def _to_device(self, x, y: torch.Tensor):
+        dtype = torch.float64 if self.precision == "64" else None
+        return to_device(x, self.device, dtype), to_device(y, self.device, dtype)
 
     def _autocast(self):
         if self.precision in ("bf16", "fp16"):
@@ -219,7 +220,7 @@ class Trainer:
                                 f"{self.run_dir / 'checkpoints'}; lower optimizer.lr or set trainer.grad_clip")
             self.scaler.scale(loss / self.accum).backward()
         reset_net(self.net)
-        meter.update(logits.detach().float().mean(0), y, loss_value)
+        meter.update(time_averaged(logits.detach().float()), y, loss_value)
         return loss_value
 
     def _optimizer_step(self) -> None:

@@ -149,3 +149,34 @@ def test_rng_state_round_trip(tmp_path):
     first = (random.random(), np.random.rand(), torch.rand(1).item())
     ckpt_io.set_rng_state(torch.load(tmp_path / "r.pt", weights_only=True)["rng"])
     assert (random.random(), np.random.rand(), torch.rand(1).item()) == first
+
+
+def test_sequence_models_and_custom_spiking_modules_are_supported():
+    from snn_engine.evaluation import evaluate_model, to_device
+    from snn_engine.metrics import time_averaged
+
+    assert time_averaged(torch.ones(3, 2, 4)).shape == (2, 4) and time_averaged(torch.ones(2, 4)).shape == (2, 4)
+    pair = to_device((torch.zeros(2, 3, dtype=torch.long), torch.zeros(2, 3)), torch.device("cpu"), torch.float64)
+    assert pair[0].dtype == torch.long and pair[1].dtype == torch.float64
+
+    class Spikes(nn.Module):  # not a SpikingJelly neuron, but it declares that it spikes
+        emits_spikes = True
+
+        def forward(self, x):
+            return (x > 0).to(x.dtype)
+
+    class PairClassifier(nn.Module):  # a retrieval-style model: two token sequences -> [B, K]
+        def __init__(self):
+            super().__init__()
+            self.embed, self.spike, self.head = nn.Embedding(5, 4), Spikes(), nn.Linear(8, 2)
+
+        def forward(self, docs):
+            feats = [self.spike(self.embed(d)).mean(1) for d in docs]
+            return self.head(torch.cat(feats, -1))
+
+    data = [((torch.randint(0, 5, (6,)), torch.randint(0, 5, (6,))), i % 2) for i in range(8)]
+    loader = torch.utils.data.DataLoader(data, batch_size=4)
+    result = evaluate_model(PairClassifier(), loader, torch.device("cpu"))
+    assert set(result["firing_rate"]) == {"spike", "mean", "overall", "sparsity"}
+    assert 0.0 < result["firing_rate"]["overall"] < 1.0
+    assert result["firing_rate"]["sparsity"] == pytest.approx(1 - result["firing_rate"]["overall"])

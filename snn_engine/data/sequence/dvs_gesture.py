@@ -1,0 +1,147 @@
+"""DVS128 Gesture (11 classes) through ``tonic``, binned into frames and read row by row as a sequence.
+
+Each recording is cut into ``slice_ms`` slices (1.7 s), each slice binned into ``frame_ms`` frames
+(25 ms -> 68 frames) of per-pixel event counts ``[T, 2, 128, 128]``, reduced by a ``pool x pool`` max-pool
+(2: 64 x 64) and over polarity (``"mean"``, ``"sum"``, or ``"stack"`` to keep both side by side), and
+flattened so that each frame row is one step: ``float32 [T * 64, 64]`` = ``[4352, 64]`` with the defaults
+(``"stack"``: ``[4352, 128]``). This follows the reference recipe (spiking_ssm_reference.md section 3).
+
+The events come from ``tonic.datasets.DVSGesture(save_to=root)`` (structured arrays with fields
+``x, y, p, t``, t in microseconds), which keeps the data at ``<root>/DVSGesture/ibmGesture{Train,Test}``.
+``tonic`` is imported only when a split is built; the validation split is the official test split.
+Nothing is downloaded unless ``download=True``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from snn_engine.data.sequence import SequenceData, positive_int
+from snn_engine.errors import UserError
+
+SENSOR = (128, 128, 2)  # width, height, polarities (tonic's sensor_size order)
+POLARITY_MODES = ("mean", "sum", "stack")
+
+
+def events_to_frames(events: np.ndarray, n_frames: int, frame_us: float, t_start: float | None = None,
+                     sensor_size: tuple[int, int, int] = SENSOR) -> np.ndarray:
+    """Bin events into per-pixel counts.
+
+    Args:
+        events: structured array with fields ``x, y, p, t`` (tonic's event layout; ``p`` in {0, 1} or bool).
+        n_frames: number of frames T; events at or after ``t_start + T * frame_us`` are dropped.
+        frame_us: frame length in the unit of ``t`` (microseconds).
+        t_start: time of the first frame's start (default: the first event's time).
+        sensor_size: ``(width, height, polarities)``.
+    Returns:
+        ``float32 [T, P, H, W]`` event counts.
+    """
+    width, height, pols = sensor_size
+    frames = np.zeros((n_frames, pols, height, width), dtype=np.float32)
+    if len(events) == 0:
+        return frames
+    t = events["t"].astype(np.float64)
+    start = float(t.min()) if t_start is None else float(t_start)
+    index = np.floor((t - start) / frame_us).astype(np.int64)
+    x, y = events["x"].astype(np.int64), events["y"].astype(np.int64)
+    p = events["p"].astype(np.int64) if pols > 1 else np.zeros(len(events), dtype=np.int64)
+    keep = (index >= 0) & (index < n_frames) & (x >= 0) & (x < width) & (y >= 0) & (y < height) & (p >= 0) & (p < pols)
+    np.add.at(frames, (index[keep], p[keep], y[keep], x[keep]), 1.0)
+    return frames
+
+
+def frames_to_sequence(frames: np.ndarray | torch.Tensor, pool: int = 2, polarity: str = "mean") -> torch.Tensor:
+    """``[T, P, H, W]`` frames -> ``float32 [T * H', W']`` rows (or ``[T * H', P * W']`` for ``"stack"``).
+
+    A ``pool x pool`` max-pool (``pool=1``: none) gives ``H' = H // pool``, ``W' = W // pool``; polarity is
+    averaged, summed, or stacked along the features (polarity 0's row, then polarity 1's).
+    """
+    if polarity not in POLARITY_MODES:
+        raise UserError(f"dataset.polarity must be one of {', '.join(POLARITY_MODES)}, got {polarity!r}")
+    x = torch.as_tensor(frames, dtype=torch.float32)
+    if pool > 1:
+        x = torch.nn.functional.max_pool2d(x, pool)
+    t, p, h, w = x.shape
+    if polarity == "mean":
+        return x.mean(1).reshape(t * h, w)
+    if polarity == "sum":
+        return x.sum(1).reshape(t * h, w)
+    return x.permute(0, 2, 1, 3).reshape(t * h, p * w)
+
+
+class GestureSlices(Dataset):
+    """Slices of tonic recordings as sequences: item ``k * n_rec + r`` is slice ``k`` of recording ``r``."""
+
+    def __init__(self, recordings, slices_per_sample: int, slice_us: float, frame_us: float, n_frames: int,
+                 pool: int, polarity: str) -> None:
+        self.recordings, self.slices = recordings, slices_per_sample
+        self.slice_us, self.frame_us, self.n_frames = slice_us, frame_us, n_frames
+        self.pool, self.polarity = pool, polarity
+
+    def __len__(self) -> int:
+        return len(self.recordings) * self.slices
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        k, r = divmod(index, len(self.recordings))
+        events, label = self.recordings[r]
+        start = (float(events["t"].min()) if len(events) else 0.0) + k * self.slice_us
+        frames = events_to_frames(events, self.n_frames, self.frame_us, start)
+        return frames_to_sequence(frames, self.pool, self.polarity), int(label)
+
+
+class DVSGesture(SequenceData):
+    """DVS128 Gesture as row sequences (needs ``tonic``: ``uv add tonic``).
+
+    Args:
+        root: the folder given to tonic as ``save_to`` (holding ``DVSGesture/ibmGestureTrain`` and
+            ``DVSGesture/ibmGestureTest``).
+        slice_ms, frame_ms: slice and frame lengths (1700, 25 -> 68 frames).
+        slices_per_sample: consecutive slices taken from each recording (slices past its end are mostly empty).
+        pool: max-pool factor of the 128 x 128 frames; polarity: ``mean``, ``sum`` or ``stack``.
+        download: let tonic fetch the data when missing.
+        Other arguments: see :class:`~snn_engine.data.sequence.SequenceData`.
+    """
+
+    title = "DVS128 Gesture"
+    default_subdir = "DVSGesture"
+    root_holds = "DVSGesture/ibmGestureTrain"
+    splits = ("train", "val", "test")
+
+    def __init__(self, name: str = "dvs128_gesture", num_classes: int = 11, slice_ms: float = 1700.0,
+                 frame_ms: float = 25.0, slices_per_sample: int = 1, pool: int = 2, polarity: str = "mean",
+                 root=None, download: bool = False, batch_size: int = 32, num_workers: int = 0) -> None:
+        if float(frame_ms) <= 0 or float(slice_ms) < float(frame_ms):
+            raise UserError(f"dataset.frame_ms must be > 0 and <= dataset.slice_ms, got {frame_ms}, {slice_ms}")
+        if polarity not in POLARITY_MODES:
+            raise UserError(f"dataset.polarity must be one of {', '.join(POLARITY_MODES)}, got {polarity!r}")
+        self.pool = positive_int(pool, "dataset.pool")
+        if SENSOR[0] % self.pool:
+            raise UserError(f"dataset.pool must divide 128, got {pool}")
+        self.slice_us, self.frame_us = float(slice_ms) * 1000.0, float(frame_ms) * 1000.0
+        self.n_frames = math.ceil(self.slice_us / self.frame_us - 1e-9)
+        side = SENSOR[0] // self.pool
+        super().__init__(name, num_classes, self.n_frames * side, d_input=side * (2 if polarity == "stack" else 1),
+                         batch_size=batch_size, num_workers=num_workers, root=root)
+        if self.num_classes != 11:
+            raise UserError(f"DVS128 Gesture has 11 classes; set dataset.num_classes=11, got {num_classes}")
+        self.slices_per_sample = positive_int(slices_per_sample, "dataset.slices_per_sample")
+        self.polarity, self.download = polarity, bool(download)
+
+    def build(self, split: str) -> GestureSlices:
+        try:
+            import tonic
+        except ImportError:
+            raise UserError("DVS128 Gesture is read through the tonic package, which is not installed; run "
+                            "`uv add tonic` (or `pip install tonic`) or choose another dataset=") from None
+        root = self.require_root()
+        folder = root / "DVSGesture" / ("ibmGestureTrain" if split == "train" else "ibmGestureTest")
+        if not folder.is_dir() and not self.download:
+            raise self.missing(folder, "tonic's DVSGesture folders <root>/DVSGesture/ibmGesture{Train,Test}; or set "
+                                       "dataset.download=true to let tonic fetch them")
+        recordings = tonic.datasets.DVSGesture(save_to=str(root), train=split == "train")
+        return GestureSlices(recordings, self.slices_per_sample, self.slice_us, self.frame_us, self.n_frames,
+                             self.pool, self.polarity)

@@ -1,0 +1,151 @@
+"""The SpikingSSM layer and its residual block (reference sections 2.1 and 2.2).
+
+Shape convention: both modules take and return **[B, H, L]** (channels before time, the reference's
+``transposed=True``); the backbones transpose from/to [B, L, H]. The neuron gets time-major [L, B, H].
+
+Layer forward, in order: S4D kernel convolution (FFT, causal or bidirectional) + D skip, division by the
+threshold theta, spiking neuron, dropout with the mask shared over time, pointwise Conv1d H -> 2H, GLU.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import nn
+
+from snn_engine.errors import UserError
+from spiking_ssm.s4d import DEFAULT_CHUNK_ELEMS, S4DKernel, bidirectional_kernel, fft_conv
+
+THRESHOLDS = ("channel", "shared", "fixed")
+NORMS = {"batch": "batch", "bn": "batch", "layer": "layer", "ln": "layer"}
+NORM_PLACES = ("pre", "post", "none")
+
+
+class DropoutNd(nn.Module):
+    """Dropout whose mask has shape [B, C, 1]: one draw per sample and channel, shared over time (last axis)."""
+
+    def __init__(self, p: float = 0.0):
+        super().__init__()
+        if not 0.0 <= p < 1.0:
+            raise UserError(f"model.dropout={p} must be in [0, 1)")
+        self.p = float(p)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        keep = 1.0 - self.p
+        mask = torch.empty(x.shape[0], x.shape[1], *([1] * (x.ndim - 2)), device=x.device, dtype=x.dtype)
+        return x * mask.bernoulli_(keep) / keep
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}, mask shared over time"
+
+
+class SpikingSSM(nn.Module):
+    """One SpikingSSM layer: [B, H, L] -> [B, H, L].
+
+    ``threshold``: ``"channel"`` (learnable theta = exp(ln_theta) per channel, init 1: "VT"), ``"shared"``
+    (one learnable scalar) or ``"fixed"`` (theta = 1, "VF"). ``D`` is stored as [H, 1] so that, like the
+    reference's (1, H) D, it receives the global weight decay; ``ln_theta`` is an ordinary parameter too.
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        neuron: Callable[[], nn.Module],
+        d_state: int = 64,
+        dropout: float = 0.0,
+        bidirectional: bool = False,
+        trainable_B: bool = False,
+        threshold: str = "channel",
+        dt_min: float = 1e-3,
+        dt_max: float = 1e-1,
+        ssm_lr: float = 1e-3,
+        chunk_elems: int = DEFAULT_CHUNK_ELEMS,
+    ):
+        super().__init__()
+        if threshold not in THRESHOLDS:
+            raise UserError(f"model.threshold={threshold!r}; choose one of {THRESHOLDS}")
+        H = d_model
+        self.d_model = H
+        self.bidirectional = bool(bidirectional)
+        self.threshold = threshold
+        self.kernel = S4DKernel(
+            H, d_state, channels=2 if bidirectional else 1, dt_min=dt_min, dt_max=dt_max,
+            trainable_B=trainable_B, ssm_lr=ssm_lr, chunk_elems=chunk_elems,
+        )
+        self.D = nn.Parameter(torch.randn(H, 1))
+        if threshold == "channel":
+            self.ln_theta = nn.Parameter(torch.zeros(H, 1))
+        elif threshold == "shared":
+            self.ln_theta = nn.Parameter(torch.zeros(1, 1))
+        else:
+            self.register_buffer("ln_theta", torch.zeros(1, 1))
+        self.neuron = neuron()
+        self.dropout = DropoutNd(dropout)
+        self.output_linear = nn.Conv1d(H, 2 * H, kernel_size=1)
+        self.glu = nn.GLU(dim=1)
+
+    def current(self, u: torch.Tensor) -> torch.Tensor:
+        """The neuron's input: ``(K * u + D u) / theta`` for u [B, H, L]."""
+        L = u.shape[-1]
+        k = self.kernel(L)
+        k = bidirectional_kernel(k) if self.bidirectional else k[0]
+        y = fft_conv(u, k) + self.D * u
+        return y / torch.exp(self.ln_theta)
+
+    def spikes(self, u: torch.Tensor) -> torch.Tensor:
+        """Neuron output [B, H, L] (binary for a spiking neuron)."""
+        y = self.current(u)
+        return self.neuron(y.permute(2, 0, 1).contiguous()).permute(1, 2, 0)
+
+    def mix(self, s: torch.Tensor) -> torch.Tensor:
+        """Dropout (shared over time), pointwise conv H -> 2H and GLU: [B, H, L] -> [B, H, L]."""
+        return self.glu(self.output_linear(self.dropout(s)))
+
+    def forward(self, u: torch.Tensor) -> torch.Tensor:
+        if u.ndim != 3 or u.shape[1] != self.d_model:
+            raise ValueError(f"SpikingSSM expects [B, H={self.d_model}, L], got {tuple(u.shape)}")
+        return self.mix(self.spikes(u))
+
+
+def make_norm(norm: str, d_model: int) -> nn.Module:
+    """BatchNorm1d over channels or LayerNorm(H), both applied to [B, H, L]."""
+    kind = NORMS.get(norm)
+    if kind is None:
+        raise UserError(f"model.norm={norm!r}; choose one of {sorted(NORMS)}")
+    return nn.BatchNorm1d(d_model) if kind == "batch" else ChannelLayerNorm(d_model)
+
+
+class ChannelLayerNorm(nn.LayerNorm):
+    """LayerNorm over the channel axis of [B, H, L]."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x.transpose(1, 2)).transpose(1, 2)
+
+
+class SpikingSSMBlock(nn.Module):
+    """Residual block around :class:`SpikingSSM` on [B, H, L].
+
+    ``norm_place="pre"``: x + drop(layer(norm(x))); ``"post"``: norm(x + drop(layer(x))) (a working post-norm;
+    the reference's post-norm discards the normalised value); ``"none"``: x + drop(layer(x)) with no norm module,
+    which is what the reference effectively runs for its post-norm ("noNorm") configs.
+    """
+
+    def __init__(
+        self, d_model: int, neuron: Callable[[], nn.Module], norm: str = "batch", norm_place: str = "pre",
+        dropout: float = 0.0, **layer_kwargs,
+    ):
+        super().__init__()
+        if norm_place not in NORM_PLACES:
+            raise UserError(f"model.norm_place={norm_place!r}; choose one of {NORM_PLACES}")
+        self.norm_place = norm_place
+        self.layer = SpikingSSM(d_model, neuron, dropout=dropout, **layer_kwargs)
+        self.norm = make_norm(norm, d_model) if norm_place != "none" else nn.Identity()
+        self.dropout = DropoutNd(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = self.norm(x) if self.norm_place == "pre" else x
+        x = x + self.dropout(self.layer(z))
+        return self.norm(x) if self.norm_place == "post" else x

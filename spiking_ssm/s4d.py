@@ -1,0 +1,157 @@
+"""The S4D kernel of a SpikingSSM layer (reference section 2.1) and its FFT convolution.
+
+Per channel h there are N/2 complex modes (N = ``d_state``; the conjugate half is implied by taking
+``2 Re``). Parameters:
+
+- ``A = -exp(log_A_real) + i A_imag``, initialised to ``-0.5 + i pi n`` (S4D-Lin), n = 0 .. N/2-1;
+- ``dt = exp(log_dt)``, ``log_dt ~ U[log dt_min, log dt_max]``, one per channel (tied over the modes);
+- ``C`` complex N(0, 1) of shape [channels, H, N/2] (stored as a real view [..., 2]);
+- ``B`` fixed to 1 and absorbed into C (``trainable_B=False``, the reference's ``S4DKernel``) or a trainable
+  complex [H, N/2] initialised to ones (``trainable_B=True``, the reference's ``SSMKernelDiag(diag-lin)``).
+
+Zero-order hold: ``Abar = exp(dt A)``, ``Bbar = B (exp(dt A) - 1) / A`` and the length-L kernel is
+``K[c, h, l] = 2 Re sum_n C[c, h, n] Bbar[h, n] Abar[h, n]^l``.
+
+Optimizer hints (``param._optim``, read by :func:`snn_engine.optim.param_groups`): ``log_A_real``,
+``A_imag``, ``log_dt`` and ``B`` get ``{"lr": ssm_lr, "weight_decay": 0.0}``. ``C`` is an ordinary parameter
+(global lr, global weight decay) with ``trainable_B=False``; with ``trainable_B=True`` it gets ``{"lr": ssm_lr}``
+and therefore the global weight decay, as in the reference.
+
+Memory: the Vandermonde product is evaluated in chunks of the length axis so that at most about
+``chunk_elems`` complex numbers of the [H, N/2, L] Vandermonde matrix exist at a time; when gradients are
+needed each chunk is wrapped in activation checkpointing, so backward recomputes it instead of storing it.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from snn_engine.errors import UserError
+
+# about 4M complex numbers (32 MiB in complex64) of Vandermonde matrix alive at a time
+DEFAULT_CHUNK_ELEMS = 1 << 22
+
+
+def _vandermonde_chunk(coeff: torch.Tensor, dtA: torch.Tensor, start: int, length: int) -> torch.Tensor:
+    """``2 Re sum_n coeff[c, h, n] exp(dtA[h, n] l)`` for l in ``[start, start + length)`` -> [c, H, length]."""
+    positions = torch.arange(start, start + length, device=dtA.device, dtype=dtA.real.dtype)
+    vander = torch.exp(dtA.unsqueeze(-1) * positions)  # [H, N/2, length] complex
+    return 2.0 * torch.einsum("chn,hnl->chl", coeff, vander).real
+
+
+def vandermonde_kernel(
+    coeff: torch.Tensor, dtA: torch.Tensor, length: int, chunk_elems: int = DEFAULT_CHUNK_ELEMS
+) -> torch.Tensor:
+    """``K[c, h, l] = 2 Re sum_n coeff[c, h, n] exp(dtA[h, n] l)``, l < ``length``, in length chunks.
+
+    ``coeff`` is [c, H, N/2] complex, ``dtA`` is [H, N/2] complex. Chunks are checkpointed when autograd is
+    recording, so neither forward nor backward keeps a full [H, N/2, L] tensor.
+    """
+    modes = dtA.shape[0] * dtA.shape[1]
+    chunk = max(1, chunk_elems // max(1, modes))
+    if chunk >= length:
+        return _vandermonde_chunk(coeff, dtA, 0, length)
+    recording = torch.is_grad_enabled() and (coeff.requires_grad or dtA.requires_grad)
+    parts = []
+    for start in range(0, length, chunk):
+        size = min(chunk, length - start)
+        if recording:
+            parts.append(checkpoint(_vandermonde_chunk, coeff, dtA, start, size, use_reentrant=False))
+        else:
+            parts.append(_vandermonde_chunk(coeff, dtA, start, size))
+    return torch.cat(parts, dim=-1)
+
+
+def _hint(param: nn.Parameter, **hint) -> nn.Parameter:
+    param._optim = hint
+    return param
+
+
+class S4DKernel(nn.Module):
+    """Diagonal SSM convolution kernel with ZOH discretisation and S4D-Lin initialisation.
+
+    ``forward(L)`` returns the real kernel [channels, H, L]. ``discretize()`` returns the recurrent view
+    ``(Abar, Bbar, C)`` used by streaming inference.
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        d_state: int = 64,
+        channels: int = 1,
+        dt_min: float = 1e-3,
+        dt_max: float = 1e-1,
+        trainable_B: bool = False,
+        ssm_lr: float = 1e-3,
+        chunk_elems: int = DEFAULT_CHUNK_ELEMS,
+    ):
+        super().__init__()
+        if d_state < 2 or d_state % 2:
+            raise UserError(f"model.d_state={d_state} must be an even number >= 2 (N/2 complex modes)")
+        if not 0 < dt_min <= dt_max:
+            raise UserError(f"need 0 < model.dt_min <= model.dt_max (got {dt_min}, {dt_max})")
+        if channels < 1:
+            raise UserError(f"kernel channels={channels} must be >= 1")
+        H, half = d_model, d_state // 2
+        self.d_model, self.d_state, self.channels = H, d_state, channels
+        self.trainable_B = bool(trainable_B)
+        self.chunk_elems = int(chunk_elems)
+        ssm_hint = {"lr": float(ssm_lr), "weight_decay": 0.0}
+
+        log_dt = torch.rand(H) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)
+        self.log_dt = _hint(nn.Parameter(log_dt), **ssm_hint)
+        self.log_A_real = _hint(nn.Parameter(torch.full((H, half), math.log(0.5))), **ssm_hint)
+        self.A_imag = _hint(nn.Parameter(math.pi * torch.arange(half, dtype=torch.float32).repeat(H, 1)), **ssm_hint)
+        C = torch.randn(channels, H, half, dtype=torch.cfloat)
+        self.C = nn.Parameter(torch.view_as_real(C).clone())
+        if self.trainable_B:
+            self.C._optim = {"lr": float(ssm_lr)}  # reference SSMKernelDiag: lr 0.001, global weight decay
+            B = torch.ones(H, half, dtype=torch.cfloat)
+            self.B = _hint(nn.Parameter(torch.view_as_real(B).clone()), **ssm_hint)
+        else:
+            self.register_parameter("B", None)
+
+    def _zoh(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(dt A [H, N/2], Bbar [H, N/2], C [channels, H, N/2])`` as complex tensors."""
+        A = torch.complex(-torch.exp(self.log_A_real), self.A_imag)
+        dtA = A * torch.exp(self.log_dt).unsqueeze(-1)
+        Bbar = (torch.exp(dtA) - 1.0) / A
+        if self.B is not None:
+            Bbar = Bbar * torch.view_as_complex(self.B)
+        return dtA, Bbar, torch.view_as_complex(self.C)
+
+    def discretize(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """ZOH ``(Abar [H, N/2], Bbar [H, N/2], C [channels, H, N/2])``: x' = Abar x + Bbar u, y = 2 Re(C x)."""
+        dtA, Bbar, C = self._zoh()
+        return torch.exp(dtA), Bbar, C
+
+    def forward(self, length: int) -> torch.Tensor:
+        dtA, Bbar, C = self._zoh()
+        return vandermonde_kernel(C * Bbar, dtA, int(length), self.chunk_elems)
+
+
+def bidirectional_kernel(k: torch.Tensor) -> torch.Tensor:
+    """[2, H, L] (forward, backward) -> non-causal [H, 2L]: ``pad_right(k_fwd) + pad_left(flip(k_bwd))``.
+
+    Convolved with :func:`fft_conv` the output at t sees u[t - j] through ``k_fwd[j]`` (j >= 0) and
+    u[t + j] through ``k_bwd[j - 1]`` (j >= 1).
+    """
+    if k.shape[0] != 2:
+        raise ValueError(f"a bidirectional kernel needs 2 channels, got {k.shape[0]}")
+    L = k.shape[-1]
+    return F.pad(k[0], (0, L)) + F.pad(k[1].flip(-1), (L, 0))
+
+
+def fft_conv(u: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """Convolve u [..., H, L] with k [H, L] (causal) or [H, 2L] (bidirectional); FFT size 2L, first L kept."""
+    L = u.shape[-1]
+    n = 2 * L
+    if u.dtype in (torch.float16, torch.bfloat16) or k.dtype in (torch.float16, torch.bfloat16):
+        u, k = u.float(), k.float()  # half-precision FFTs need power-of-two sizes and lose accuracy
+    spectrum = torch.fft.rfft(u, n=n) * torch.fft.rfft(k.to(u.dtype), n=n)
+    return torch.fft.irfft(spectrum, n=n)[..., :L]
