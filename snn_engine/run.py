@@ -41,17 +41,41 @@ def count_parameters(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def build_model(cfg: DictConfig) -> torch.nn.Module:
-    """The model of ``cfg.model`` with neurons from ``cfg.neuron``."""
+_BOUND_DATA: list = [None]
+
+
+def _data_attribute(name: str):
+    if _BOUND_DATA[0] is None:
+        raise UserError(f"a config refers to ${{data:{name}}} before a data set was built; build it with the dataset first")
+    return getattr(_BOUND_DATA[0], name, None)
+
+
+OmegaConf.register_new_resolver("data", _data_attribute, replace=True)
+
+
+def build_model(cfg: DictConfig, data=None) -> torch.nn.Module:
+    """The model of ``cfg.model`` with neurons from ``cfg.neuron``.
+
+    Model configs may read attributes of the instantiated data set with ``${data:NAME}`` (for example the
+    vocabulary size of a token data set, ``${data:vocab_size}``); ``data`` is the object they refer to.
+    """
+    if data is not None:
+        _BOUND_DATA[0] = data
     neuron = instantiate(cfg.neuron)
     return instantiate(cfg.model, neuron=neuron)
 
 
 def make_scheduler_factory(cfg: DictConfig):
-    """A function ``(optimizer, epochs, steps_per_epoch) -> scheduler`` counting ``total`` in its interval."""
+    """A function ``(optimizer, epochs, steps_per_epoch) -> scheduler`` counting ``total`` in its interval.
+
+    ``total`` is the run's length in that interval unless the scheduler config pins it (``scheduler.total``,
+    as the SpikingSSM recipes pin their total steps)."""
 
     def factory(optimizer, epochs: int, steps_per_epoch: int):
         partial = instantiate(cfg.scheduler)
+        if partial.keywords.get("total") is not None:
+            return partial(optimizer=optimizer)
+        partial.keywords.pop("total", None)
         interval = partial.keywords.get("interval", "epoch")
         total = epochs if interval == "epoch" else int(cfg.trainer.max_steps or epochs * steps_per_epoch)
         return partial(optimizer=optimizer, total=max(1, total))
@@ -88,8 +112,8 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
         seed_everything(int(cfg.seed))
         data = instantiate(cfg.dataset)
         train_set, val_set = data.train_set(), data.val_set()
-        model = build_model(cfg)
-        implementation = select_implementation(cfg.neuron.kind, cfg.neuron.implementation, env.device)
+        model = build_model(cfg, data)
+        implementation = select_implementation(cfg.neuron.kind, cfg.neuron.get("implementation", "auto"), env.device)
         resolve_precision(cfg.trainer.precision, env.device)
         if cfg.trainer.sync_bn and env.distributed:
             model = distributed.convert_sync_batchnorm(model, env.device)
@@ -153,7 +177,7 @@ def evaluate(cfg: DictConfig, run_dir: str | Path, overrides: list[str]) -> dict
         precision = resolve_precision(train_cfg.trainer.precision, env.device)
         data = instantiate(train_cfg.dataset)
         val_set = data.val_set()
-        model = build_model(train_cfg)
+        model = build_model(train_cfg, data)
         if get_class(train_cfg.model._target_) is not type(model):
             raise UserError(f"checkpoint model {train_cfg.model._target_} could not be rebuilt")
         ckpt_io.check_compatible(state, model, train_cfg.model._target_, cfg.ckpt)
@@ -161,7 +185,8 @@ def evaluate(cfg: DictConfig, run_dir: str | Path, overrides: list[str]) -> dict
         if weights is None:
             raise UserError("use_ema=true but the checkpoint has no EMA weights; drop use_ema or train with trainer.ema_decay")
         model.load_state_dict(weights)
-        implementation = select_implementation(train_cfg.neuron.kind, train_cfg.neuron.implementation, env.device)
+        implementation = select_implementation(train_cfg.neuron.kind, train_cfg.neuron.get("implementation", "auto"),
+                                               env.device)
         model = model.to(env.device)
         dtype = PRECISIONS[precision] if precision == "64" else None
         if dtype is not None:
