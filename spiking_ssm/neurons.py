@@ -1,0 +1,169 @@
+"""Spiking neurons of SpikingSSM: ``sdn`` (parallel, SDN-predicted membrane), ``lif`` (BPTT) and ``sltt``.
+
+All map time-major input currents ``[L, B, ...]`` to binary spikes ``[L, B, ...]`` (SpikingJelly's multi-step
+convention) and all share SpikingSSM's dynamics: leak ``tau`` on the membrane only, threshold 1, hard reset
+to 0, i.e. ``u'_t = tau * u_{t-1} + y_t``, ``s_t = H(u'_t - 1)``, ``u_t = u'_t * (1 - s_t)``, ``u_0 = 0``,
+and the triangle surrogate ``dH/dz ~= max(0, 1 - |z|)`` (SpikingJelly's ``PiecewiseQuadratic(alpha=1)``).
+
+A learnable threshold ``theta`` is applied by the *caller* (divide the currents by ``theta``; the neurons'
+threshold stays 1): with zero initial and reset potential, ``f(y; theta) = f(y / theta; 1)``.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+from spikingjelly.activation_based import base
+from spikingjelly.activation_based import neuron as sj_neuron
+from spikingjelly.activation_based import surrogate as sj_surrogate
+
+from snn_engine.errors import UserError
+from spiking_ssm.sdn import ReducedSDN, load_reduced
+
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+NEURON_KINDS = ("sdn", "lif", "sltt")
+
+
+def packaged_weights(tau: float) -> Path:
+    """Where the packaged reduced SDN for ``tau`` lives (it may not exist for that tau)."""
+    return WEIGHTS_DIR / f"sdn_tau{float(tau):g}.pt"
+
+
+def _check_tau(tau: float) -> float:
+    tau = float(tau)
+    if not 0.0 <= tau < 1.0 or math.isnan(tau):
+        raise UserError(f"neuron.tau={tau} must be the membrane leak factor in [0, 1) (SpikingSSM uses 0.125)")
+    return tau
+
+
+class SDNNeuron(base.MemoryModule):
+    """LIF spikes computed in parallel from an SDN-predicted membrane (SpikingSSM's ``sdn`` neuron).
+
+    Forward: ``m = SDN(y.detach())`` under ``no_grad`` (per neuron, along time), ``s = H(m + y - 1)``.
+    Backward: ``ds/dy = alpha * max(0, 1 - alpha * |m + y - 1|)`` elementwise; nothing flows through ``m``.
+    The 153 SDN numbers are buffers (frozen; invisible to optimisers and DDP). Stateless: ``reset()`` is a
+    no-op, kept so that ``spikingjelly.activation_based.functional.reset_net`` works.
+    """
+
+    emits_spikes = True  # the engine's firing-rate meter monitors it
+
+    def __init__(self, tau: float = 0.125, surrogate_alpha: float = 1.0, weights: str | Path | None = None) -> None:
+        super().__init__()
+        self.step_mode = "m"
+        self.tau = _check_tau(tau)
+        path = Path(weights) if weights is not None else packaged_weights(self.tau)
+        if weights is None and not path.is_file():
+            raise UserError(
+                f"no packaged SDN for neuron.tau={self.tau:g} (only {sorted(p.name for p in WEIGHTS_DIR.glob('*.pt'))}); "
+                f"train one with `python -m spiking_ssm.pretrain_sdn --tau {self.tau:g} --out PATH.pt` "
+                "and pass neuron.weights=PATH.pt"
+            )
+        sdn = load_reduced(path)
+        trained_tau = float(sdn.tau)
+        if not math.isclose(trained_tau, self.tau, rel_tol=1e-6, abs_tol=1e-9):
+            raise UserError(
+                f"SDN weights {path} were trained for tau={trained_tau:g}, not neuron.tau={self.tau:g}; "
+                f"train one with `python -m spiking_ssm.pretrain_sdn --tau {self.tau:g} --out PATH.pt` "
+                "and pass neuron.weights=PATH.pt (or set neuron.tau to match)"
+            )
+        self.sdn: ReducedSDN = sdn.float()
+        self.sdn.requires_grad_(False)
+        self.weights_path = str(path)
+        self.surrogate_function = sj_surrogate.PiecewiseQuadratic(alpha=float(surrogate_alpha))
+
+    @torch.no_grad()
+    def membrane(self, y: torch.Tensor) -> torch.Tensor:
+        """The SDN's estimate of ``tau * u_{t-1}`` for time-major currents ``[L, B, ...]`` (no gradient)."""
+        length = y.shape[0]
+        flat = y.detach().reshape(length, -1).transpose(0, 1)  # [N, L]
+        m = self.sdn(flat)  # [N, L], computed in y's dtype
+        return m.transpose(0, 1).reshape(y.shape)
+
+    def multi_step_forward(self, y: torch.Tensor) -> torch.Tensor:
+        if y.dim() < 1 or y.shape[0] == 0:
+            raise UserError(f"the sdn neuron needs time-major input [L, B, ...] with L >= 1, got {tuple(y.shape)}")
+        m = self.membrane(y)
+        return self.surrogate_function(m + y - 1.0)
+
+    def single_step_forward(self, y: torch.Tensor) -> torch.Tensor:
+        raise UserError(
+            "the sdn neuron works on whole sequences only (step_mode='m', input [L, B, ...]); "
+            "use neuron.kind=lif or sltt for step-by-step simulation"
+        )
+
+    def extra_repr(self) -> str:
+        return f"tau={self.tau:g}, weights={Path(self.weights_path).name}, step_mode={self.step_mode}"
+
+
+class SLTTLIFNeuron(base.MemoryModule):
+    """Multi-step LIF with SpikingSSM's dynamics whose membrane state is detached every step (SLTT).
+
+    Forward equals the BPTT LIF; gradients only flow from ``s_t`` to ``y_t`` through
+    ``g(u'_t - 1)`` (no temporal path through ``u``). Stateless across calls (each call starts at ``u=0``).
+    SpikingJelly's ``SLTTLIFNode`` is single-step only, hence this module.
+    """
+
+    emits_spikes = True  # the engine's firing-rate meter monitors it
+
+    def __init__(self, tau: float = 0.125, surrogate_alpha: float = 1.0, v_threshold: float = 1.0) -> None:
+        super().__init__()
+        self.step_mode = "m"
+        self.tau = _check_tau(tau)
+        self.v_threshold = float(v_threshold)
+        self.surrogate_function = sj_surrogate.PiecewiseQuadratic(alpha=float(surrogate_alpha))
+
+    def multi_step_forward(self, y: torch.Tensor) -> torch.Tensor:
+        u = torch.zeros_like(y[0])
+        spikes = []
+        for t in range(y.shape[0]):
+            h = self.tau * u.detach() + y[t]
+            s = self.surrogate_function(h - self.v_threshold)
+            u = h * (1.0 - s.detach())
+            spikes.append(s)
+        return torch.stack(spikes)
+
+    def single_step_forward(self, y: torch.Tensor) -> torch.Tensor:
+        raise UserError(
+            "the sltt neuron here works on whole sequences only (step_mode='m', input [L, B, ...]); "
+            "pass time-major input with all L steps at once"
+        )
+
+    def extra_repr(self) -> str:
+        return f"tau={self.tau:g}, v_threshold={self.v_threshold}, step_mode={self.step_mode}"
+
+
+def make_lif(tau: float = 0.125, surrogate_alpha: float = 1.0) -> sj_neuron.LIFNode:
+    """SpikingJelly multi-step LIF with ``u <- tau * u + y`` (its ``tau`` is ``1 / (1 - tau)``), BPTT."""
+    tau = _check_tau(tau)
+    return sj_neuron.LIFNode(
+        tau=1.0 / (1.0 - tau),
+        decay_input=False,
+        v_threshold=1.0,
+        v_reset=0.0,
+        detach_reset=True,
+        surrogate_function=sj_surrogate.PiecewiseQuadratic(alpha=float(surrogate_alpha)),
+        step_mode="m",
+    )
+
+
+def make_ssm_neuron(
+    kind: str = "sdn",
+    tau: float = 0.125,
+    weights: str | Path | None = None,
+    surrogate_alpha: float = 1.0,
+) -> torch.nn.Module:
+    """A SpikingSSM neuron: ``sdn`` (parallel, needs SDN weights for ``tau``), ``lif`` (BPTT) or ``sltt``.
+
+    ``lif`` is stateful like every SpikingJelly neuron: call ``functional.reset_net`` between batches.
+    """
+    if kind == "sdn":
+        return SDNNeuron(tau=tau, surrogate_alpha=surrogate_alpha, weights=weights)
+    if weights is not None:
+        raise UserError(f"neuron.weights is only used by neuron.kind=sdn, not {kind!r}; remove neuron.weights")
+    if kind == "lif":
+        return make_lif(tau=tau, surrogate_alpha=surrogate_alpha)
+    if kind == "sltt":
+        return SLTTLIFNeuron(tau=tau, surrogate_alpha=surrogate_alpha)
+    raise UserError(f"unknown neuron.kind={kind!r}; choose one of {list(NEURON_KINDS)}")

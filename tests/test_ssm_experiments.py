@@ -1,0 +1,54 @@
+"""Every SpikingSSM experiment composes, instantiates and trains two steps on a fixture in its official format.
+
+Model widths are reduced so the suite stays fast on 2 CPU cores; the exact paper sizes are built (and their
+parameter counts checked) in ``test_configs.py``. The neuron is the recipe's packaged SDN.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from snn_engine import run
+from snn_engine.errors import UserError
+from tests.data_fixtures import write_cifar10, write_mnist
+from tests.helpers import compose_train
+from tests.seq_fixtures import write_aan, write_imdb, write_listops_tsv, write_pathfinder, write_speech_commands
+
+FIXTURES = {
+    "lra/listops": lambda root: write_listops_tsv(root, n_train=16, n_val=8),
+    "lra/text": lambda root: write_imdb(root, per_class=8),
+    "lra/retrieval": lambda root: write_aan(root, n_train=16, n_eval=8),
+    "lra/image": lambda root: write_cifar10(root, n_train=40, n_test=10),
+    "lra/pathfinder": lambda root: write_pathfinder(root, resolution=32, n_dirs=2, per_dir=20),
+    "lra/pathx": lambda root: write_pathfinder(root, resolution=128, n_dirs=2, per_dir=20),
+    "seq/smnist": lambda root: write_mnist(root, n_train=60, n_test=10),
+    "seq/psmnist": lambda root: write_mnist(root, n_train=60, n_test=10),
+    "seq/speech_commands": lambda root: write_speech_commands(root, per_word=8),
+}
+SMALL = ["model.d_model=16", "model.n_layers=1", "dataset.batch_size=2", "dataset.num_workers=0", "logger=none",
+         "trainer.epochs=1", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1",
+         "trainer.progress_bar=false", "trainer.accelerator=cpu"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("experiment", sorted(FIXTURES))
+def test_experiment_trains_two_steps_on_its_fixture(experiment, tmp_path):
+    fixture = FIXTURES[experiment](tmp_path / "data")
+    cfg = compose_train([f"experiment={experiment}", f"dataset.root={fixture.root}", *SMALL])
+    summary = run.train(cfg, tmp_path / "run")
+    assert summary["status"] == "finished" and summary["step"] == 2
+    rates = summary["final"]["firing_rate"]
+    layers = [name for name in rates if name not in ("mean", "overall", "sparsity")]
+    assert len(layers) == 1, sorted(rates)  # one spiking soma per SpikingSSM layer
+    assert 0.0 <= rates["overall"] <= 1.0 and rates["sparsity"] == pytest.approx(1 - rates["overall"])
+
+
+def test_dvs_gesture_without_tonic_says_how_to_install_it(tmp_path):
+    try:
+        import tonic  # noqa: F401
+    except ImportError:
+        cfg = compose_train(["experiment=seq/dvs_gesture", f"paths.data={tmp_path}", *SMALL])
+        with pytest.raises(UserError, match="tonic"):
+            run.train(cfg, tmp_path / "run")
+    else:
+        pytest.skip("tonic is installed; the fixture-free error path does not apply")
