@@ -52,3 +52,12 @@ def test_dvs_gesture_without_tonic_says_how_to_install_it(tmp_path):
             run.train(cfg, tmp_path / "run")
     else:
         pytest.skip("tonic is installed; the fixture-free error path does not apply")
+
+
+@pytest.mark.parametrize("dataset", ["lra_listops", "lra_text", "lra_retrieval", "lra_image", "lra_pathfinder",
+                                     "lra_pathx", "smnist", "psmnist", "speech_commands"])
+def test_missing_sequence_data_names_the_setting(dataset, tmp_path):
+    cfg = compose_train([f"dataset={dataset}", "model=spiking_ssm", f"paths.data={tmp_path / 'nowhere'}"])
+    data = run.instantiate(cfg.dataset)
+    with pytest.raises(UserError, match=r"paths\.data|dataset\.root"):
+        data.train_set()
