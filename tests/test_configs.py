@@ -77,9 +77,10 @@ def test_every_experiment_composes_and_builds(experiment):
     else:
         assert cfg.neuron.kind == "sdn" and cfg.neuron_profile == "spiking_ssm"
         assert cfg.optimizer._target_ == "torch.optim.AdamW" and cfg.scheduler.interval == "step"
-        assert cfg.scheduler.total >= 10 * cfg.scheduler.warmup
-        backbone = sum(p.numel() for p in net.backbone.parameters())
-        assert backbone == pytest.approx(SSM_PARAMS[experiment], rel=0.01), (backbone, params)
+        if experiment in SSM_PARAMS:  # a paper row: the reference's size and pinned schedule
+            assert cfg.scheduler.total >= 10 * cfg.scheduler.warmup
+            backbone = sum(p.numel() for p in net.backbone.parameters())
+            assert backbone == pytest.approx(SSM_PARAMS[experiment], rel=0.01), (backbone, params)
 
 
 @pytest.mark.parametrize("group", GROUPS)

@@ -61,3 +61,12 @@ def test_missing_sequence_data_names_the_setting(dataset, tmp_path):
     data = run.instantiate(cfg.dataset)
     with pytest.raises(UserError, match=r"paths\.data|dataset\.root"):
         data.train_set()
+
+
+@pytest.mark.slow
+def test_embedded_spiking_ssm_learns_clearly_above_chance(tmp_path):
+    """``python train.py experiment=seq/shapes``: SDN soma on the embedded data, 10 classes (chance 10%)."""
+    cfg = compose_train(["experiment=seq/shapes", "logger=none", "trainer.progress_bar=false", "trainer.epochs=2"])
+    summary = run.train(cfg, tmp_path)
+    assert summary["final"]["acc1"] > 70.0, summary["final"]
+    assert 0.02 < summary["final"]["firing_rate"]["overall"] < 0.5
