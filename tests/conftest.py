@@ -16,3 +16,12 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 @pytest.fixture
 def repo() -> Path:
     return REPO
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny tensors: OpenMP threads only add wake-up latency (seconds on a loaded machine)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

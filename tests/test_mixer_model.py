@@ -23,13 +23,7 @@ SMALL = dict(num_classes=5, in_chans=3, img_size=32, T=2, depths=(1, 1, 1, 1), p
 CONF = Path(__file__).resolve().parents[1] / "conf" / "model"
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """These tensors are tiny: OpenMP threads only add wake-up latency (seconds on a loaded machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def n_params(module: nn.Module) -> int:

@@ -27,12 +27,7 @@ LIF = partial(make_neuron, kind="lif", tau=8 / 7, decay_input=False, v_threshold
               detach_reset=True, surrogate="piecewise_quadratic", alpha=1.0)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ----------------------------------------------------------------------------------------------- S4D kernel
