@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -92,7 +93,12 @@ def remove_hydra_leftovers(folder: Path) -> None:
 
 
 def cleanup() -> None:
+    """Leave the process group; the barrier first lets every rank finish its last collective (gloo aborts
+    the process when a peer tears the group down under a pending operation). No barrier while an exception
+    propagates: the other ranks may never arrive."""
     if dist.is_initialized():
+        if dist.get_world_size() > 1 and sys.exc_info()[0] is None:
+            dist.barrier()
         dist.destroy_process_group()
 
 

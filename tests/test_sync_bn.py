@@ -8,7 +8,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
-from snn_engine.distributed import GlooSyncBatchNorm, convert_sync_batchnorm
+from snn_engine.distributed import GlooSyncBatchNorm, cleanup, convert_sync_batchnorm
 
 
 def _free_port() -> int:
@@ -27,7 +27,7 @@ def _worker(rank: int, port: int, x: torch.Tensor, w: torch.Tensor, out_dir: str
     (y * w.chunk(2)[rank]).sum().backward()
     torch.save({"y": y.detach(), "grad": local.grad, "wgrad": model[0].weight.grad, "rm": model[0].running_mean,
                 "rv": model[0].running_var}, os.path.join(out_dir, f"{rank}.pt"))
-    dist.destroy_process_group()
+    cleanup()
 
 
 def test_gloo_sync_bn_equals_global_batchnorm(tmp_path):
