@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from mixer_snn.norms import BatchNormT, ChannelMLPNorm, TokenAxisNorm
+from snn_engine.ops import OpContext, OpCount, linear_ops
 
 NeuronFactory = Callable[[], nn.Module]
 
@@ -115,6 +116,11 @@ class TokenMixing(nn.Module):
         rows = x.reshape(T * B, H, W * C) if self.axis == "h" else x.reshape(T * B * H, W, C)
         y = torch.matmul(self.proj.weight, rows) + self.proj.bias[:, None]
         return self.lif(self.norm(y.view(T * B, H, W, C)).view(T, B, H, W, C))
+
+    def count_ops(self, inputs: tuple, output: torch.Tensor, ctx: OpContext) -> OpCount:
+        """The projection only (its norm and neuron are counted by their own hooks): each input element
+        meets the n weights of its row along ``axis``."""
+        return linear_ops(inputs[0], self.proj.out_features, ctx)
 
 
 class TokenBlock(nn.Module):

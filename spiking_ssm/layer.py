@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from snn_engine.errors import UserError
+from snn_engine.ops import OpContext, OpCount
 from spiking_ssm.s4d import DEFAULT_CHUNK_ELEMS, S4DKernel, bidirectional_kernel, fft_conv
 
 THRESHOLDS = ("channel", "shared", "fixed")
@@ -108,6 +109,21 @@ class SpikingSSM(nn.Module):
         if u.ndim != 3 or u.shape[1] != self.d_model:
             raise ValueError(f"SpikingSSM expects [B, H={self.d_model}, L], got {tuple(u.shape)}")
         return self.mix(self.spikes(u))
+
+    def count_ops(self, inputs: tuple, output: torch.Tensor, ctx: OpContext) -> OpCount:
+        """MACs of this layer's own real-valued work on u [B, H, L] (children count themselves).
+
+        The S4D convolution is counted at its recurrent (streaming deployment) cost: per channel and step,
+        N/2 complex modes each updated ``x <- Abar x + Bbar u`` (4 + 2 real MACs) and read out ``Re(C x)``
+        (2 real MACs) = 8 per mode = 4 N per channel per step (N = d_state), doubled when bidirectional; plus
+        1 MAC for ``D u`` and 1 for the division by the threshold theta (which could be folded into C and D).
+        The input is real, so the ANN count (``dense``) is the same number.
+        """
+        u = inputs[0]
+        directions = 2 if self.bidirectional else 1
+        per_step = 4 * self.kernel.d_state * directions + 2
+        macs = float(u.shape[0] * u.shape[1] * u.shape[2] * per_step)
+        return OpCount(mac=macs, dense=macs)
 
 
 def make_norm(norm: str, d_model: int) -> nn.Module:
