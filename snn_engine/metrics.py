@@ -1,14 +1,15 @@
 """Classification metrics and firing rates, summed locally and reduced over ranks.
 
-``ClassificationMeter`` accumulates loss and top-k hits; ``FiringRateMeter`` uses SpikingJelly's
-``OutputMonitor`` on every spiking neuron to count spikes per layer. Both keep sums (not means), so
-a single all-reduce gives exact global values.
+``ClassificationMeter`` accumulates loss and top-k hits; ``FiringRateMeter`` hooks every spiking neuron
+to count spikes per layer and per neuron (for the fraction of silent neurons). Both keep sums (not means),
+so a single all-reduce gives exact global values.
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
-from spikingjelly.activation_based.monitor import OutputMonitor
 from spikingjelly.activation_based.neuron import BaseNode
 from torch import nn
 
@@ -62,40 +63,148 @@ def spiking_layers(model: nn.Module) -> list[str]:
     return [name for name, module in model.named_modules() if is_spiking(module)]
 
 
+def neuron_counts(spikes: torch.Tensor) -> torch.Tensor:
+    """Spikes per neuron (float64): time-major ``[T, B, *neuron]`` -> ``[*neuron]`` (summed over T and B).
+
+    A neuron is one index of the non-(time, batch) axes: ``[T, B, H, W, C]`` -> ``[H, W, C]``, SpikingSSM's
+    ``[L, B, H]`` -> ``[H]`` (a channel). Outputs with fewer than two axes count as a single neuron.
+    """
+    spikes = spikes.detach()
+    if spikes.dim() < 2:
+        return spikes.sum(dtype=torch.float64)
+    return spikes.sum(dim=(0, 1), dtype=torch.float64)
+
+
+class _LayerCounts:
+    """One layer's running sums: spikes, neuron-steps, and per-neuron spike counts per neuron shape."""
+
+    def __init__(self):
+        self.spikes: torch.Tensor | None = None  # float64 scalar
+        self.steps = 0.0  # neuron-steps seen (numel of every output)
+        self.per_shape: dict[tuple[int, ...], torch.Tensor] = {}  # neuron shape -> counts [*shape]
+
+    def add(self, output: torch.Tensor) -> None:
+        counts = neuron_counts(output)
+        total = counts.sum()
+        self.spikes = total if self.spikes is None else self.spikes + total
+        self.steps += float(output.numel())
+        key = tuple(counts.shape)
+        self.per_shape[key] = counts if key not in self.per_shape else self.per_shape[key] + counts
+
+    def flat_counts(self, device: torch.device) -> torch.Tensor:
+        """Every neuron's count, the shapes in sorted order, flattened and concatenated: ``[n_neurons]``."""
+        parts = [self.per_shape[key].to(device).reshape(-1) for key in sorted(self.per_shape)]
+        return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.float64, device=device)
+
+
 class FiringRateMeter:
-    """Spikes per neuron per time step for every spiking layer while enabled.
+    """Spikes per neuron per time step, and silent neurons, for every spiking layer while enabled.
 
     Use as a context manager around evaluation: ``with FiringRateMeter(model) as rates: ...``, then
     ``rates.compute(device)`` -> ``{layer_name: rate, ..., "mean": unweighted mean over layers,
-    "overall": total spikes / total neuron-steps, "sparsity": 1 - overall}``.
+    "overall": total spikes / total neuron-steps, "sparsity": 1 - overall}``, or
+    ``rates.compute_detailed(device)`` for rates, sparsity and the fraction of silent neurons per layer
+    (see :func:`format_rate_table`). A neuron is silent if it never fired at any step of any sample
+    evaluated on any rank. A layer called several times per forward with different output shapes keeps
+    one count vector per neuron shape (each shape's neurons count separately).
     """
 
     def __init__(self, model: nn.Module):
-        kinds = tuple({type(m) for m in model.modules() if is_spiking(m)}) or (BaseNode,)
-        self.monitor = OutputMonitor(model, kinds, self._count)
-        self.layers = list(self.monitor.monitored_layers)
+        self.layers = spiking_layers(model)
+        self.counts = {name: _LayerCounts() for name in self.layers}
+        modules = dict(model.named_modules())
+        self.hooks = [modules[name].register_forward_hook(self._hook(name)) for name in self.layers]
 
-    @staticmethod
-    def _count(spikes: torch.Tensor) -> torch.Tensor:
-        return torch.stack([spikes.detach().double().sum(), torch.tensor(float(spikes.numel()), dtype=torch.float64, device=spikes.device)])
+    def _hook(self, name: str):
+        def hook(module, inputs, output):
+            if isinstance(output, (tuple, list)):
+                output = output[0]
+            self.counts[name].add(output)
+
+        return hook
 
     def __enter__(self) -> "FiringRateMeter":
         return self
 
     def __exit__(self, *exc) -> None:
-        self.monitor.remove_hooks()
+        self.remove_hooks()
+
+    def remove_hooks(self) -> None:
+        for handle in self.hooks:
+            handle.remove()
+        self.hooks = []
+
+    def _totals(self, device: torch.device) -> torch.Tensor:
+        """``[n_layers, 2]`` float64 (spikes, neuron-steps), summed over ranks."""
+        sums = torch.zeros(len(self.layers), 2, dtype=torch.float64, device=device)
+        for i, name in enumerate(self.layers):
+            layer = self.counts[name]
+            if layer.spikes is not None:
+                sums[i, 0] = layer.spikes.to(device)
+            sums[i, 1] = layer.steps
+        return all_reduce_sum(sums)
 
     def compute(self, device: torch.device) -> dict[str, float]:
         if not self.layers:
             return {}
-        sums = torch.zeros(len(self.layers), 2, dtype=torch.float64, device=device)
-        for i, name in enumerate(self.layers):
-            for record in self.monitor[name]:
-                sums[i] += record.to(device)
-        sums = all_reduce_sum(sums)
+        sums = self._totals(device)
         rates = (sums[:, 0] / sums[:, 1].clamp(min=1)).tolist()
         result = dict(zip(self.layers, rates))
         result["mean"] = sum(rates) / len(rates)
         result["overall"] = float(sums[:, 0].sum() / sums[:, 1].sum().clamp(min=1))
         result["sparsity"] = 1.0 - result["overall"]
         return result
+
+    def _silent(self, device: torch.device) -> tuple[list[int], list[float]]:
+        """Per layer: (neurons, silent neurons), from per-neuron counts summed over ranks.
+
+        Ranks whose neuron shapes differ (the counts cannot be added index by index) give NaN silent counts.
+        """
+        flat = [self.counts[name].flat_counts(device) for name in self.layers]
+        local = float(sum(f.numel() for f in flat))
+        check = all_reduce_sum(torch.tensor([1.0, local, local * local], dtype=torch.float64, device=device))
+        ranks, total, squares = check.tolist()
+        neurons = [f.numel() for f in flat]
+        if squares * ranks != total * total:  # equal sizes on every rank iff sum(n^2) * ranks == (sum n)^2
+            return neurons, [math.nan] * len(flat)
+        if not flat or local == 0:
+            return neurons, [0.0] * len(flat)
+        summed = all_reduce_sum(torch.cat(flat)).split(neurons)
+        return neurons, [float((counts == 0).sum()) for counts in summed]
+
+    def compute_detailed(self, device: torch.device) -> dict:
+        """``{"layers": {name: {"rate", "sparsity", "silent_fraction", "neurons"}}, "overall": {same keys}}``.
+
+        ``rate`` is spikes per neuron per step, ``sparsity = 1 - rate``, ``silent_fraction`` the fraction of
+        the layer's ``neurons`` that never fired (NaN for a layer that never ran); "overall" pools all layers.
+        """
+        if not self.layers:
+            empty = {"rate": math.nan, "sparsity": math.nan, "silent_fraction": math.nan, "neurons": 0}
+            return {"layers": {}, "overall": empty}
+        sums = self._totals(device).tolist()
+        neurons, silent = self._silent(device)
+        layers = {}
+        for name, (spikes, steps), n, s in zip(self.layers, sums, neurons, silent):
+            rate = spikes / max(steps, 1.0)
+            silent_fraction = s / n if n else math.nan
+            layers[name] = {"rate": rate, "sparsity": 1.0 - rate, "silent_fraction": silent_fraction, "neurons": n}
+        spikes, steps = sum(s for s, _ in sums), sum(t for _, t in sums)
+        n_all = sum(neurons)
+        rate = spikes / max(steps, 1.0)
+        silent_fraction = sum(silent) / n_all if n_all else math.nan
+        overall = {"rate": rate, "sparsity": 1.0 - rate, "silent_fraction": silent_fraction, "neurons": n_all}
+        return {"layers": layers, "overall": overall}
+
+
+def format_rate_table(detailed: dict) -> str:
+    """A console table of :meth:`FiringRateMeter.compute_detailed`: layer, rate, sparsity, silent %, neurons."""
+    rows = [(name, d) for name, d in detailed.get("layers", {}).items()] + [("overall", detailed["overall"])]
+    width = max([len("layer")] + [len(name) for name, _ in rows])
+    header = f"{'layer':<{width}}  {'rate':>8}  {'sparsity':>8}  {'silent %':>8}  {'neurons':>10}"
+    lines = [header, "-" * len(header)]
+    for name, d in rows:
+        if name == "overall":
+            lines.append("-" * len(header))
+        silent = 100 * d["silent_fraction"]
+        lines.append(f"{name:<{width}}  {d['rate']:>8.4f}  {d['sparsity']:>8.4f}  {silent:>8.2f}  {d['neurons']:>10d}")
+    return "\n".join(lines)

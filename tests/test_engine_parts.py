@@ -11,7 +11,7 @@ from torch import nn
 from snn_engine import checkpoint as ckpt_io
 from snn_engine.errors import UserError
 from snn_engine.losses import TETLoss, TimeAveragedCrossEntropy
-from snn_engine.metrics import FiringRateMeter, topk_hits
+from snn_engine.metrics import FiringRateMeter, format_rate_table, topk_hits
 from snn_engine.neurons import make_neuron, select_implementation
 from snn_engine.optim import param_groups, warmup_cosine
 
@@ -122,6 +122,52 @@ def test_firing_rate_meter_counts_spikes():
         rates = meter.compute(torch.device("cpu"))
     assert rates["0"] == 1.0
     assert rates["overall"] == pytest.approx((1.0 + rates["1"]) / 2)
+
+
+class _TwoShapes(nn.Module):
+    """Calls one neuron twice per forward with different neuron shapes ([T, B, 10] and [T, B, 2, 3])."""
+
+    def __init__(self):
+        super().__init__()
+        self.lif = make_neuron()
+
+    def forward(self, x):
+        a = self.lif(x[..., :10])
+        self.lif.reset()
+        return a, self.lif(x[..., 10:].reshape(*x.shape[:2], 2, 3))
+
+
+def test_firing_rate_meter_silent_fraction():
+    model = nn.Sequential(make_neuron(), _TwoShapes())
+    first = torch.zeros(4, 3, 16)
+    first[:, :, :3] = 5.0  # neurons 0-2 fire at every step of every sample
+    first[:, 1, 3] = 5.0  # neuron 3 fires in sample 1 only
+    first[:, :, 12] = 5.0  # a neuron of the second shape fires
+    second = torch.zeros(4, 2, 16)
+    second[0, 0, 4] = 5.0  # neuron 4 fires once, in the second batch only
+    with FiringRateMeter(model) as meter:
+        for x in (first, second):
+            model[0](x)
+            model[1](x)  # the same input, through the twice-called neuron
+            functional_reset(model)
+        detailed = meter.compute_detailed(torch.device("cpu"))
+        plain = meter.compute(torch.device("cpu"))
+    assert set(plain) == {"0", "1.lif", "mean", "overall", "sparsity"}
+    layer0, layer1 = detailed["layers"]["0"], detailed["layers"]["1.lif"]
+    assert layer0["neurons"] == 16 and layer0["silent_fraction"] == pytest.approx(10 / 16)  # 0-4 and 12 fire
+    assert layer1["neurons"] == 10 + 6 and layer1["silent_fraction"] == pytest.approx(10 / 16)
+    overall = detailed["overall"]
+    assert overall["neurons"] == 32 and overall["silent_fraction"] == pytest.approx(20 / 32)
+    assert layer0["rate"] == pytest.approx(plain["0"]) and overall["rate"] == pytest.approx(plain["overall"])
+    assert layer0["sparsity"] == pytest.approx(1 - layer0["rate"])
+    table = format_rate_table(detailed)
+    assert "1.lif" in table and "overall" in table and "62.50" in table
+
+
+def functional_reset(model: nn.Module) -> None:
+    from spikingjelly.activation_based import functional
+
+    functional.reset_net(model)
 
 
 def test_checkpoint_atomic_and_weights_only(tmp_path):
