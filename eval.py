@@ -11,10 +11,13 @@ from omegaconf import DictConfig
 
 from snn_engine import cli, run
 
+# settings of eval.yaml itself; every other key=value overrides the checkpoint's training config
+EVAL_KEYS = ("ckpt", "use_ema", "logger", "mfi", "position_bn", "mfi_compare_batches", "nir", "figures", "energy")
+
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="eval")
 def main(cfg: DictConfig) -> None:
-    overrides = [o for o in cli.task_overrides() if not o.split("=")[0].lstrip("+") in ("ckpt", "use_ema") and not o.startswith("logger")]
+    overrides = [o for o in cli.task_overrides() if o.split("=")[0].lstrip("+").split(".")[0] not in EVAL_KEYS]
     status = cli.guarded(lambda: run.evaluate(cfg, cli.run_dir(), overrides) and 0)
     if status:
         sys.exit(status)

@@ -25,11 +25,13 @@ def to_device(x, device: torch.device, dtype: torch.dtype | None = None):
 @torch.no_grad()
 def evaluate_model(model: nn.Module, loader: DataLoader, device: torch.device, dtype: torch.dtype | None = None,
                    autocast: contextlib.AbstractContextManager | None = None, limit_batches: int = 0,
-                   progress: bool = False) -> dict:
+                   progress: bool = False, detailed: bool = False) -> dict:
     """Run ``model`` (``[B, C, H, W]`` -> ``[T, B, K]``, or a sequence model -> ``[B, K]``) in eval mode over ``loader``.
 
-    Returns ``{"loss", "acc1", "acc5", "firing_rate": {layer: rate, "mean", "overall"}}``, reduced
-    over ranks; plain cross-entropy on the time-averaged logits (no smoothing), as the papers report.
+    Returns ``{"loss", "acc1", "acc5", "firing_rate": {layer: rate, "mean", "overall", "sparsity"}}``, reduced
+    over ranks; plain cross-entropy on the time-averaged logits (no smoothing), as the papers report. With
+    ``detailed``, also ``"spikes"``: per-layer rate, sparsity and silent-neuron fraction
+    (:meth:`~snn_engine.metrics.FiringRateMeter.compute_detailed`).
     """
     was_training = model.training
     model.eval()
@@ -46,5 +48,7 @@ def evaluate_model(model: nn.Module, loader: DataLoader, device: torch.device, d
             meter.update(logits, y, loss.item())
             reset_net(model)
         firing = rates.compute(device)
+        spikes = rates.compute_detailed(device) if detailed else None
     model.train(was_training)
-    return {**meter.compute(device), "firing_rate": firing}
+    result = {**meter.compute(device), "firing_rate": firing}
+    return {**result, "spikes": spikes} if detailed else result

@@ -22,10 +22,10 @@ from omegaconf import DictConfig, OmegaConf
 from snn_engine import checkpoint as ckpt_io
 from snn_engine import distributed
 from snn_engine.errors import UserError
-from snn_engine.evaluation import evaluate_model
 from snn_engine.logger import NullLogger
 from snn_engine.neurons import select_implementation
 from snn_engine.optim import build_optimizer
+from snn_engine.report import flat_metrics, format_report, spike_report
 from snn_engine.trainer import PRECISIONS, Trainer, resolve_precision
 
 log = logging.getLogger(__name__)
@@ -95,6 +95,7 @@ def resume_path(cfg: DictConfig, run_dir: Path) -> Path | None:
 
 
 def write_json(path: Path, values: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(values, indent=2, sort_keys=True, default=float))
     tmp.replace(path)
@@ -196,21 +197,26 @@ def evaluate(cfg: DictConfig, run_dir: str | Path, overrides: list[str]) -> dict
             sampler=distributed.ShardSampler(len(val_set), env.rank, env.world_size),
             collate_fn=data.collate_fn() if hasattr(data, "collate_fn") else None)
         autocast = torch.autocast("cuda", dtype=PRECISIONS[precision]) if precision in ("bf16", "fp16") else None
-        result = evaluate_model(model, loader, env.device, dtype, autocast, progress=env.is_main)
+        report = spike_report(cfg, model, loader, env.device, dtype, autocast, run_dir, env.is_main)
+        result = report["val"]
         summary = {"ckpt": str(cfg.ckpt), "step": state["step"], "epoch": state["epoch"], "use_ema": bool(cfg.use_ema),
                    "val": result, "num_params": count_parameters(model), "neuron_implementation": implementation,
-                   "model": OmegaConf.to_container(train_cfg.model, resolve=True)}
+                   "model": OmegaConf.to_container(train_cfg.model, resolve=True),
+                   **{k: report[k] for k in ("spikes", "ops", "mfi", "nir", "figures") if k in report}}
         if env.is_main:
             write_json(run_dir / "summary.json", summary)
-            log.info("evaluated %s (step %d): val loss %.4f acc1 %.2f%% acc5 %.2f%% firing rate %.4f", cfg.ckpt,
-                     state["step"], result["loss"], result["acc1"], result["acc5"], result["firing_rate"].get("overall", 0.0))
-            for name, rate in result["firing_rate"].items():
-                log.info("  firing rate %-48s %.4f", name, rate)
+            log.info("evaluated %s (step %d)%s: val loss %.4f acc1 %.2f%% acc5 %.2f%% firing rate %.4f", cfg.ckpt,
+                     state["step"], " folded (mfi=true)" if cfg.mfi else "", result["loss"], result["acc1"],
+                     result["acc5"], result["firing_rate"].get("overall", 0.0))
+            log.info("\n%s", format_report(report))
             logger = instantiate(cfg.logger)
             logger.start(str(run_dir), {"eval": OmegaConf.to_container(cfg, resolve=True),
                                         "train": OmegaConf.to_container(train_cfg, resolve=True)})
-            logger.log({f"eval/{k}": v for k, v in result.items() if k != "firing_rate"}, step=int(state["step"]))
-            logger.summary({f"eval/{k}": v for k, v in result.items() if k != "firing_rate"})
+            metrics = flat_metrics(report)
+            logger.log(metrics, step=int(state["step"]))
+            logger.log_images({f"eval/{name}": path for name, path in report.get("figures", {}).items()},
+                              step=int(state["step"]))
+            logger.summary(metrics)
             logger.finish()
         return summary
     finally:

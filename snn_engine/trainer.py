@@ -22,8 +22,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from snn_engine import checkpoint as ckpt_io
-from snn_engine.distributed import (DistEnv, ShardSampler, SkipSampler, any_rank, set_sampler_epoch,
-                                    train_sampler)
+from snn_engine.distributed import DistEnv, ShardSampler, SkipSampler, any_rank, set_sampler_epoch, train_sampler
 from snn_engine.errors import UserError
 from snn_engine.evaluation import evaluate_model, to_device
 from snn_engine.metrics import ClassificationMeter, time_averaged

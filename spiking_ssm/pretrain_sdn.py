@@ -34,7 +34,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from spiking_ssm.lif_traces import generate_traces, lif_reference
+from spiking_ssm.lif_traces import generate_traces
 from spiking_ssm.sdn import SDN, ReducedSDN, load_reduced, reduce_sdn, save_reduced
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"

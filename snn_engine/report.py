@@ -1,0 +1,130 @@
+"""What ``eval.py`` reports beyond accuracy: spike accounting, operations and energy, MFI, figures.
+
+:func:`spike_report` evaluates a model (or, with ``mfi=true``, its BN-folded inference form) on the
+validation loader while counting spikes per neuron (:class:`~snn_engine.metrics.FiringRateMeter`) and
+synaptic operations (:class:`~snn_engine.ops.OpCounter`), then, for a folded sparse-MLP, audits the
+remaining multiplications and compares its logits with the unfolded model, and writes PNG figures.
+Model-family code (the folding) is imported only when ``mfi=true``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig
+from torch import nn
+from torch.utils.data import DataLoader
+
+from snn_engine.errors import UserError
+from snn_engine.evaluation import evaluate_model, to_device
+from snn_engine.metrics import format_rate_table
+from snn_engine.ops import OpCounter, format_ops_table
+
+log = logging.getLogger(__name__)
+
+SUMMARY_KEYS = ("mean", "overall", "sparsity")
+
+
+def time_steps_of(model: nn.Module) -> int:
+    """T of a model that repeats a static input (the sparse-MLP's ``T``); 1 for sequence models."""
+    return int(getattr(model, "T", 1) or 1)
+
+
+def fold_for_inference(model: nn.Module, position_bn: str) -> nn.Module:
+    """The BN-folded inference model of a sparse-MLP (``mfi=true``); a clear error for other families."""
+    from mixer_snn.model import SparseMLPSNN
+
+    if not isinstance(model, SparseMLPSNN):
+        raise UserError(f"mfi=true and nir=true fold the sparse-MLP's BatchNorms (mixer_snn); "
+                        f"{type(model).__name__} has real-valued dendrites/GLUs by design: drop mfi/nir "
+                        "(its AC/MAC table is still printed)")
+    from mixer_snn.fold import fold_model
+
+    return fold_model(model, position_bn)
+
+
+def spike_report(cfg: DictConfig, model: nn.Module, loader: DataLoader, device: torch.device,
+                 dtype: torch.dtype | None, autocast: contextlib.AbstractContextManager | None, run_dir: Path,
+                 is_main: bool) -> dict:
+    """Evaluate ``model`` with spike, operation and energy accounting; see the module docstring.
+
+    Returns ``{"val": {loss, acc1, acc5, firing_rate}, "spikes": FiringRateMeter.compute_detailed(),
+    "ops": OpCounter.compute(), "mfi": {...} (mfi=true), "figures": {name: path}}``.
+    """
+    model.eval()
+    folded = fold_for_inference(model, str(cfg.position_bn)) if cfg.mfi else None
+    evaluated = folded if folded is not None else model
+    energy = cfg.energy
+    with OpCounter(evaluated, time_steps=time_steps_of(evaluated), e_ac=float(energy.e_ac),
+                   e_mac=float(energy.e_mac), convention=str(energy.convention)) as counter:
+        val = evaluate_model(evaluated, loader, device, dtype, autocast, progress=is_main, detailed=True)
+    report = {"val": {k: v for k, v in val.items() if k != "spikes"}, "spikes": val["spikes"],
+              "ops": counter.compute(device)}
+    if folded is not None:
+        from mixer_snn.mfi import audit, compare_logits
+
+        report["mfi"] = {**audit(folded, report["ops"]),
+                         **compare_logits(model, folded, loader, device, dtype, autocast,
+                                          limit_batches=int(cfg.mfi_compare_batches))}
+    if cfg.get("nir") and is_main:
+        report["nir"] = export_nir_graph(model, run_dir / "model.nir", str(cfg.position_bn))
+    if cfg.figures and is_main:
+        report["figures"] = write_figures(evaluated, loader, device, dtype, run_dir, val["firing_rate"])
+    return report
+
+
+def export_nir_graph(model: nn.Module, path: Path, position_bn: str) -> dict:
+    """Write the folded sparse-MLP as a NIR graph (``nir=true``); ``{"path", "nodes", "dense_params"}``."""
+    fold_for_inference(model, position_bn)  # the family check and its message
+    try:
+        from mixer_snn.nir_export import export_nir
+    except ModuleNotFoundError as missing:
+        raise UserError(f"nir=true needs the NIR package ({missing.name} is missing): install the extra with "
+                        "`uv sync --extra nir`") from None
+    graph = export_nir(model, path, position_bn=position_bn)
+    log.info("wrote the folded model as a NIR graph of %d nodes to %s", len(graph.nodes), path)
+    return {"path": str(path), "nodes": len(graph.nodes), "dense_params": graph.metadata.get("dense_params")}
+
+
+def write_figures(model: nn.Module, loader: DataLoader, device: torch.device, dtype: torch.dtype | None,
+                  run_dir: Path, firing_rate: dict) -> dict[str, str]:
+    """PNG figures of the first validation sample (see :func:`snn_engine.plots.write_eval_figures`)."""
+    from snn_engine.plots import write_eval_figures
+
+    x, _ = next(iter(loader))
+    if not isinstance(x, torch.Tensor):
+        log.warning("figures skipped: the model takes structured inputs (%s), the probe records one tensor input",
+                    type(x).__name__)
+        return {}
+    rates = {k: v for k, v in firing_rate.items() if k not in SUMMARY_KEYS}
+    label = "time step" if time_steps_of(model) > 1 else "sequence position"
+    paths = write_eval_figures(model, to_device(x, device, dtype), run_dir, rates, time_label=label)
+    return {name: str(path) for name, path in paths.items()}
+
+
+def format_report(report: dict) -> str:
+    """The console text: firing-rate table, AC/MAC/energy table and (mfi=true) the MFI audit."""
+    parts = ["firing rates (spikes per neuron per step):", format_rate_table(report["spikes"]),
+             "", "synaptic operations and energy per sample:", format_ops_table(report["ops"])]
+    if "mfi" in report:
+        from mixer_snn.mfi import format_audit
+
+        parts += ["", format_audit(report["mfi"])]
+    return "\n".join(parts)
+
+
+def flat_metrics(report: dict) -> dict[str, float]:
+    """Scalars for the logger: ``eval/acc1``, ``eval/firing_rate``, ``eval/energy_uj``, ... (no per-layer keys)."""
+    val, total = report["val"], report["ops"]["total"]
+    metrics = {f"eval/{k}": v for k, v in val.items() if k != "firing_rate"}
+    metrics.update({"eval/firing_rate": report["spikes"]["overall"]["rate"],
+                    "eval/sparsity": report["spikes"]["overall"]["sparsity"],
+                    "eval/silent_fraction": report["spikes"]["overall"]["silent_fraction"],
+                    "eval/ac_per_sample": total["ac"], "eval/mac_per_sample": total["mac"],
+                    "eval/energy_uj": total["energy_pj"] * 1e-6, "eval/ann_energy_uj": total["ann_energy_pj"] * 1e-6})
+    if "mfi" in report:
+        metrics["eval/mfi_max_logit_diff"] = report["mfi"]["max_logit_diff"]
+    return metrics
