@@ -66,7 +66,7 @@ def audit(folded: FoldedSparseMLP, ops: dict) -> dict:
         elif row["ac"] > 0:
             accumulate_layers += 1
     only_first = all(entry["layer"].startswith(stem) for entry in found)
-    return {"multiplication_free_after_first_layer": only_first, "true_multiplications": found,
+    return {"applicable": True, "multiplication_free_after_first_layer": only_first, "true_multiplications": found,
             "accumulate_layers": accumulate_layers, "position_bn": folded.position_bn}
 
 

@@ -33,14 +33,22 @@ def time_steps_of(model: nn.Module) -> int:
     return int(getattr(model, "T", 1) or 1)
 
 
-def fold_for_inference(model: nn.Module, position_bn: str) -> nn.Module:
-    """The BN-folded inference model of a sparse-MLP (``mfi=true``); a clear error for other families."""
+def is_foldable_family(model: nn.Module) -> bool:
+    """Whether ``model`` belongs to the family with a BN-folded, multiplication-free form (the sparse-MLP)."""
     from mixer_snn.model import SparseMLPSNN
 
-    if not isinstance(model, SparseMLPSNN):
-        raise UserError(f"mfi=true and nir=true fold the sparse-MLP's BatchNorms (mixer_snn); "
-                        f"{type(model).__name__} has real-valued dendrites/GLUs by design: drop mfi/nir "
-                        "(its AC/MAC table is still printed)")
+    return isinstance(model, SparseMLPSNN)
+
+
+def not_applicable(model: nn.Module) -> str:
+    return (f"MFI does not apply to {type(model).__name__}: its S4D dendrites, GLU and norms multiply real values by "
+            "design (they are MACs in the operation table); only the sparse-MLP folds into a multiplication-free model")
+
+
+def fold_for_inference(model: nn.Module, position_bn: str) -> nn.Module:
+    """The BN-folded inference model of a sparse-MLP (``mfi=true`` / ``nir=true``)."""
+    if not is_foldable_family(model):
+        raise UserError(f"nir=true exports the folded sparse-MLP (mixer_snn); {not_applicable(model)}")
     from mixer_snn.fold import fold_model
 
     return fold_model(model, position_bn)
@@ -55,7 +63,10 @@ def spike_report(cfg: DictConfig, model: nn.Module, loader: DataLoader, device: 
     "ops": OpCounter.compute(), "mfi": {...} (mfi=true), "figures": {name: path}}``.
     """
     model.eval()
-    folded = fold_for_inference(model, str(cfg.position_bn)) if cfg.mfi else None
+    foldable = is_foldable_family(model)
+    if cfg.mfi and not foldable:
+        log.warning("mfi=true: %s; evaluating the model as trained", not_applicable(model))
+    folded = fold_for_inference(model, str(cfg.position_bn)) if cfg.mfi and foldable else None
     evaluated = folded if folded is not None else model
     energy = cfg.energy
     with OpCounter(evaluated, time_steps=time_steps_of(evaluated), e_ac=float(energy.e_ac),
@@ -69,6 +80,8 @@ def spike_report(cfg: DictConfig, model: nn.Module, loader: DataLoader, device: 
         report["mfi"] = {**audit(folded, report["ops"]),
                          **compare_logits(model, folded, loader, device, dtype, autocast,
                                           limit_batches=int(cfg.mfi_compare_batches))}
+    elif cfg.mfi:
+        report["mfi"] = {"applicable": False, "reason": not_applicable(model)}
     if cfg.get("nir") and is_main:
         report["nir"] = export_nir_graph(model, run_dir / "model.nir", str(cfg.position_bn))
     if cfg.figures and is_main:
@@ -109,7 +122,9 @@ def format_report(report: dict) -> str:
     """The console text: firing-rate table, AC/MAC/energy table and (mfi=true) the MFI audit."""
     parts = ["firing rates (spikes per neuron per step):", format_rate_table(report["spikes"]),
              "", "synaptic operations and energy per sample:", format_ops_table(report["ops"])]
-    if "mfi" in report:
+    if report.get("mfi", {}).get("applicable") is False:
+        parts += ["", f"MFI audit: {report['mfi']['reason']}"]
+    elif "mfi" in report:
         from mixer_snn.mfi import format_audit
 
         parts += ["", format_audit(report["mfi"])]
@@ -125,6 +140,11 @@ def flat_metrics(report: dict) -> dict[str, float]:
                     "eval/silent_fraction": report["spikes"]["overall"]["silent_fraction"],
                     "eval/ac_per_sample": total["ac"], "eval/mac_per_sample": total["mac"],
                     "eval/energy_uj": total["energy_pj"] * 1e-6, "eval/ann_energy_uj": total["ann_energy_pj"] * 1e-6})
-    if "mfi" in report:
+    if "max_logit_diff" in report.get("mfi", {}):
         metrics["eval/mfi_max_logit_diff"] = report["mfi"]["max_logit_diff"]
+    for name, layer in report["spikes"]["layers"].items():
+        metrics[f"eval/firing_rate/{name}"] = layer["rate"]
+        metrics[f"eval/silent_fraction/{name}"] = layer["silent_fraction"]
+    for name, layer in report["ops"]["layers"].items():
+        metrics[f"eval/energy_pj/{name}"] = layer["energy_pj"]
     return metrics
