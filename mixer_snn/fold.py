@@ -74,7 +74,15 @@ def _linears(weight: torch.Tensor, bias: torch.Tensor | None, scale: torch.Tenso
         if use_bias:
             layer.bias.data = (s * b + c).to(dtype)
         layers.append(layer)
-    return layers
+    return _mark_steps(layers)
+
+
+def _mark_steps(modules: nn.ModuleList) -> nn.ModuleList:
+    """Per-step copies each run one time step: the ANN twin counts one of them (see snn_engine.ops)."""
+    if len(modules) > 1:
+        for module in modules:
+            module.ann_share = 1.0 / len(modules)
+    return modules
 
 
 def _convs(conv: nn.Conv2d, norm: BatchNormT, dtype: torch.dtype) -> nn.ModuleList:
@@ -87,7 +95,7 @@ def _convs(conv: nn.Conv2d, norm: BatchNormT, dtype: torch.dtype) -> nn.ModuleLi
         base = 0.0 if conv.bias is None else s * conv.bias.double()
         folded.bias.data = (c + base).to(dtype)
         convs.append(folded)
-    return convs
+    return _mark_steps(convs)
 
 
 def fold_conv(block: ConvBN) -> FoldedConv:

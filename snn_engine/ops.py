@@ -148,7 +148,19 @@ def _elementwise(x: torch.Tensor, per_element: int, ctx: OpContext) -> OpCount:
 
 
 def generic_ops(module: nn.Module, inputs: tuple, output, ctx: OpContext) -> OpCount | None:
-    """Counts for modules without ``count_ops`` (see the module docstring); None if the type is not counted."""
+    """Counts for modules without ``count_ops`` (see the module docstring); None if the type is not counted.
+
+    A module that runs one of several time steps (e.g. the per-step weights of a folded TEBN model) carries
+    ``ann_share = 1/T``: the ANN twin runs one pass, not one pass per step copy.
+    """
+    ops = _generic_ops(module, inputs, output, ctx)
+    share = getattr(module, "ann_share", None)
+    if ops is not None and share is not None:
+        ops.dense *= float(share)
+    return ops
+
+
+def _generic_ops(module: nn.Module, inputs: tuple, output, ctx: OpContext) -> OpCount | None:
     if isinstance(module, nn.Linear):
         return linear_ops(inputs[0], module.out_features, ctx)
     if isinstance(module, (nn.Conv1d, nn.Conv2d)):

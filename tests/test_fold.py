@@ -118,3 +118,14 @@ def test_compare_logits_reports_float64_agreement():
     result = compare_logits(model, fold_model(model), loader, torch.device("cpu"))
     assert result["compared_samples"] == 6 and result["prediction_agreement"] == 1.0
     assert result["max_logit_diff"] < 1e-9
+
+
+def test_ann_twin_of_a_folded_tebn_model_counts_one_pass():
+    """Per-step weight copies (tebn) must not multiply the ANN twin: same architecture, same dense count."""
+    dense = {}
+    for norm in ("bn", "tebn"):
+        folded = fold_model(trained_like(norm=norm))
+        with OpCounter(folded, time_steps=3) as counter:
+            eval_logits(folded, images())
+        dense[norm] = counter.compute()["total"]["ann_mac"]
+    assert dense["tebn"] == pytest.approx(dense["bn"], rel=1e-12)
