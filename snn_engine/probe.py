@@ -35,7 +35,7 @@ def _sdn_membrane(module: nn.Module, currents: torch.Tensor, spikes: torch.Tenso
 
 def _membrane(module: nn.Module, inputs: tuple, spikes: torch.Tensor) -> torch.Tensor | None:
     """The per-step membrane of ``module``'s latest call, ``[T, B, ...]``, or None if it exposes none."""
-    if isinstance(module, BaseNode):
+    if isinstance(module, BaseNode) or hasattr(module, "store_v_seq"):
         v_seq = getattr(module, "v_seq", None)
         return v_seq if isinstance(v_seq, torch.Tensor) and v_seq.shape == spikes.shape else None
     if callable(getattr(module, "membrane", None)) and inputs and isinstance(inputs[0], torch.Tensor):
@@ -85,7 +85,7 @@ def record_activity(model: nn.Module, x: torch.Tensor, max_neurons: int = 64, se
         return hook
 
     was_training = model.training
-    stored = {name: module.store_v_seq for name, module in layers if isinstance(module, BaseNode)}
+    stored = {name: module.store_v_seq for name, module in layers if hasattr(module, "store_v_seq")}
     handles = [module.register_forward_hook(hook_for(name)) for name, module in layers]
     try:
         model.eval()

@@ -107,21 +107,27 @@ class SLTTLIFNeuron(base.MemoryModule):
 
     emits_spikes = True  # the engine's firing-rate meter monitors it
 
-    def __init__(self, tau: float = 0.125, surrogate_alpha: float = 1.0, v_threshold: float = 1.0) -> None:
+    def __init__(self, tau: float = 0.125, surrogate_alpha: float = 1.0, v_threshold: float = 1.0,
+                 store_v_seq: bool = False) -> None:
         super().__init__()
         self.step_mode = "m"
         self.tau = _check_tau(tau)
         self.v_threshold = float(v_threshold)
         self.surrogate_function = sj_surrogate.PiecewiseQuadratic(alpha=float(surrogate_alpha))
+        self.store_v_seq = bool(store_v_seq)  # as SpikingJelly: keep the post-reset membrane [L, B, ...] in v_seq
+        self.v_seq: torch.Tensor | None = None
 
     def multi_step_forward(self, y: torch.Tensor) -> torch.Tensor:
         u = torch.zeros_like(y[0])
-        spikes = []
+        spikes, membranes = [], []
         for t in range(y.shape[0]):
             h = self.tau * u.detach() + y[t]
             s = self.surrogate_function(h - self.v_threshold)
             u = h * (1.0 - s.detach())
             spikes.append(s)
+            if self.store_v_seq:
+                membranes.append(u.detach())
+        self.v_seq = torch.stack(membranes) if self.store_v_seq else None
         return torch.stack(spikes)
 
     def single_step_forward(self, y: torch.Tensor) -> torch.Tensor:

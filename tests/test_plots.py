@@ -182,3 +182,17 @@ def test_write_eval_figures_ssm_and_plot_functions(tmp_path):
         plot_raster(torch.zeros(3), tmp_path / "bad.png")
     with pytest.raises(UserError):
         plot_firing_rates({"overall": 0.1}, tmp_path / "bad.png")
+
+
+def test_sltt_membranes_equal_the_bptt_lif_ones():
+    """SLTT keeps SpikingJelly's store_v_seq convention: same forward, so the same post-reset membranes as LIF."""
+    lif, sltt = tiny_ssm("lif"), tiny_ssm("sltt")
+    sltt.load_state_dict(lif.state_dict())
+    x = ssm_input()
+    a, b = record_activity(lif, x, max_neurons=8), record_activity(sltt, x, max_neurons=8)
+    assert a.keys() == b.keys()
+    for name in a:
+        assert b[name]["membrane"] is not None
+        assert torch.equal(a[name]["spikes"], b[name]["spikes"])
+        assert torch.allclose(a[name]["membrane"], b[name]["membrane"], atol=1e-12)
+    assert all(not m.store_v_seq for m in sltt.modules() if hasattr(m, "store_v_seq"))
