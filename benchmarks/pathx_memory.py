@@ -3,6 +3,7 @@
     python benchmarks/pathx_memory.py                         # Path-X (L = 16384, 6 x 256, SDN soma), batch 1 2 4 -> 16
     python benchmarks/pathx_memory.py --batches 16            # measure batch 16 directly (needs ~30 GB)
     python benchmarks/pathx_memory.py --neuron lif --batches 1 2
+    python benchmarks/pathx_memory.py --checkpoint-layers       # recompute each layer in backward (model.checkpoint_layers)
 
 Every batch size runs in a fresh subprocess, so each peak is clean. On a GPU the peak is
 ``torch.cuda.max_memory_allocated`` above the memory held before the step (weights, optimizer state); on CPU it is
@@ -35,10 +36,10 @@ def rss_bytes() -> int:
         return int(f.read().split()[1]) * resource.getpagesize()
 
 
-def one_step(preset: str, neuron: str, batch: int, device: str) -> dict:
+def one_step(preset: str, neuron: str, batch: int, device: str, checkpoint_layers: bool = False) -> dict:
     """Build the preset, run one training step on random data, return the peak memory above the resting state."""
     torch.manual_seed(0)
-    model = build_preset(preset, partial(make_ssm_neuron, kind=neuron)).to(device)
+    model = build_preset(preset, partial(make_ssm_neuron, kind=neuron), checkpoint_layers=checkpoint_layers).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     length = PRESETS[preset]["seq_len"]
     x = torch.rand(batch, length, device=device)
@@ -68,21 +69,23 @@ def main() -> None:
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 2, 4])
     parser.add_argument("--target", type=int, default=16)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--checkpoint-layers", action="store_true", help="recompute each layer in backward")
     parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child is not None:
-        print(json.dumps(one_step(args.preset, args.neuron, args.child, args.device)))
+        print(json.dumps(one_step(args.preset, args.neuron, args.child, args.device, args.checkpoint_layers)))
         return
     rows = []
     for batch in args.batches:
         cmd = [sys.executable, __file__, "--preset", args.preset, "--neuron", args.neuron, "--device", args.device,
-               "--child", str(batch)]
+               "--child", str(batch)] + (["--checkpoint-layers"] if args.checkpoint_layers else [])
         done = subprocess.run(cmd, capture_output=True, text=True)
         if done.returncode:
             print(f"batch {batch}: failed ({done.stderr.strip().splitlines()[-1] if done.stderr else done.returncode})")
             continue
         rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
-        print(f"{args.preset} ({args.neuron}) on {args.device}: batch {batch:3d}  peak {rows[-1]['peak_gb']:7.2f} GB  "
+        mode = ", checkpointed layers" if args.checkpoint_layers else ""
+        print(f"{args.preset} ({args.neuron}{mode}) on {args.device}: batch {batch:3d}  peak {rows[-1]['peak_gb']:7.2f} GB  "
               f"step {rows[-1]['seconds']:.1f} s", flush=True)
     measured = {row["batch"]: row["peak_gb"] for row in rows}
     if args.target not in measured and len(measured) >= 2:

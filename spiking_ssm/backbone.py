@@ -44,6 +44,7 @@ class SpikingSSMBackbone(nn.Module):
         dt_min: float = 1e-3,
         dt_max: float = 1e-1,
         ssm_lr: float = 1e-3,
+        checkpoint_layers: bool = False,
     ):
         super().__init__()
         if n_layers < 1 or d_model < 1:
@@ -54,7 +55,7 @@ class SpikingSSMBackbone(nn.Module):
             SpikingSSMBlock(
                 d_model, neuron, norm=norm, norm_place=norm_place, dropout=dropout, d_state=d_state,
                 bidirectional=bidirectional, trainable_B=trainable_B, threshold=threshold, dt_min=dt_min,
-                dt_max=dt_max, ssm_lr=ssm_lr,
+                dt_max=dt_max, ssm_lr=ssm_lr, checkpoint=checkpoint_layers,
             )
             for _ in range(n_layers)
         )
@@ -131,13 +132,14 @@ class SpikingSSMClassifier(_Encoded):
         ssm_lr: float = 1e-3,
         vocab_size: int | None = None,
         pool: str = "mean",
+        checkpoint_layers: bool = False,
     ):
         super().__init__()
         self._build(
             neuron, d_input, d_model, vocab_size, pool,
             dict(n_layers=n_layers, d_state=d_state, dropout=dropout, bidirectional=bidirectional,
                  trainable_B=trainable_B, norm=norm, norm_place=norm_place, threshold=threshold,
-                 dt_min=dt_min, dt_max=dt_max, ssm_lr=ssm_lr),
+                 dt_min=dt_min, dt_max=dt_max, ssm_lr=ssm_lr, checkpoint_layers=checkpoint_layers),
         )
         self.decoder = nn.Linear(d_model, num_classes)
 
@@ -173,13 +175,14 @@ class SpikingSSMRetrieval(_Encoded):
         d_input: int | None = None,
         pool: str = "mean",
         d_hidden: int | None = None,
+        checkpoint_layers: bool = False,
     ):
         super().__init__()
         self._build(
             neuron, d_input, d_model, vocab_size, pool,
             dict(n_layers=n_layers, d_state=d_state, dropout=dropout, bidirectional=bidirectional,
                  trainable_B=trainable_B, norm=norm, norm_place=norm_place, threshold=threshold,
-                 dt_min=dt_min, dt_max=dt_max, ssm_lr=ssm_lr),
+                 dt_min=dt_min, dt_max=dt_max, ssm_lr=ssm_lr, checkpoint_layers=checkpoint_layers),
         )
         d_hidden = d_hidden or d_model
         self.decoder = nn.Sequential(nn.Linear(4 * d_model, d_hidden), nn.GELU(), nn.Linear(d_hidden, num_classes))

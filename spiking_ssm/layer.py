@@ -12,6 +12,8 @@ from __future__ import annotations
 from typing import Callable
 
 import torch
+import torch.utils.checkpoint
+from spikingjelly.activation_based.neuron import BaseNode
 from torch import nn
 
 from snn_engine.errors import UserError
@@ -147,11 +149,16 @@ class SpikingSSMBlock(nn.Module):
     ``norm_place="pre"``: x + drop(layer(norm(x))); ``"post"``: norm(x + drop(layer(x))) (a working post-norm;
     the reference's post-norm discards the normalised value); ``"none"``: x + drop(layer(x)) with no norm module,
     which is what the reference effectively runs for its post-norm ("noNorm") configs.
+
+    ``checkpoint=True`` keeps only the layer's input during training and recomputes the layer (S4D convolution,
+    soma, GLU) in backward: the same gradients for a fraction of the activation memory (Path-X). The norm stays
+    outside the recomputation, so BN running statistics are updated once. Needs a soma without state between
+    calls (``sdn`` or ``sltt``): the recomputation would start from SpikingJelly LIF's final membrane.
     """
 
     def __init__(
         self, d_model: int, neuron: Callable[[], nn.Module], norm: str = "batch", norm_place: str = "pre",
-        dropout: float = 0.0, **layer_kwargs,
+        dropout: float = 0.0, checkpoint: bool = False, **layer_kwargs,
     ):
         super().__init__()
         if norm_place not in NORM_PLACES:
@@ -160,8 +167,16 @@ class SpikingSSMBlock(nn.Module):
         self.layer = SpikingSSM(d_model, neuron, dropout=dropout, **layer_kwargs)
         self.norm = make_norm(norm, d_model) if norm_place != "none" else nn.Identity()
         self.dropout = DropoutNd(dropout)
+        self.checkpoint = bool(checkpoint)
+        if self.checkpoint and isinstance(self.layer.neuron, BaseNode):
+            raise UserError("model.checkpoint_layers=true recomputes each layer in backward, and the SpikingJelly LIF "
+                            "soma keeps its membrane between calls: use neuron=sdn or neuron=sltt, or drop it")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         z = self.norm(x) if self.norm_place == "pre" else x
-        x = x + self.dropout(self.layer(z))
+        if self.checkpoint and self.training and torch.is_grad_enabled():
+            z = torch.utils.checkpoint.checkpoint(self.layer, z, use_reentrant=False)
+        else:
+            z = self.layer(z)
+        x = x + self.dropout(z)
         return self.norm(x) if self.norm_place == "post" else x
