@@ -1,8 +1,8 @@
 """Record what every spiking layer does on one input: spikes, membrane potentials and the rate along time.
 
-:func:`record_activity` runs one sample through the model (eval mode, no gradient) with a forward hook on
-every spiking layer (:func:`snn_engine.metrics.is_spiking`) and keeps, per layer, a seeded sample of its
-neurons. Membranes come from SpikingJelly's ``store_v_seq`` (``BaseNode.v_seq``: the membrane *after* the
+:func:`record_activity` runs one sample through the model (eval mode, no gradient) under SpikingJelly's
+monitors (outputs, the ``v_seq`` attribute, inputs) on every spiking layer (:func:`snn_engine.metrics.is_spiking`)
+and keeps, per layer, a seeded sample of its neurons. Membranes come from SpikingJelly's ``store_v_seq`` (``BaseNode.v_seq``: the membrane *after* the
 spike and reset of each step, shape like the output) and, for SpikingSSM's SDN neuron, from its
 ``membrane(y)`` estimate; other spiking modules record ``membrane=None``.
 """
@@ -10,7 +10,7 @@ spike and reset of each step, shape like the output) and, for SpikingSSM's SDN n
 from __future__ import annotations
 
 import torch
-from spikingjelly.activation_based import functional
+from spikingjelly.activation_based import functional, monitor
 from spikingjelly.activation_based.neuron import BaseNode
 from torch import nn
 
@@ -33,14 +33,27 @@ def _sdn_membrane(module: nn.Module, currents: torch.Tensor, spikes: torch.Tenso
     return charged * (1.0 - spikes.detach().to(charged.dtype))
 
 
-def _membrane(module: nn.Module, inputs: tuple, spikes: torch.Tensor) -> torch.Tensor | None:
-    """The per-step membrane of ``module``'s latest call, ``[T, B, ...]``, or None if it exposes none."""
-    if isinstance(module, BaseNode) or hasattr(module, "store_v_seq"):
-        v_seq = getattr(module, "v_seq", None)
-        return v_seq if isinstance(v_seq, torch.Tensor) and v_seq.shape == spikes.shape else None
-    if callable(getattr(module, "membrane", None)) and inputs and isinstance(inputs[0], torch.Tensor):
-        return _sdn_membrane(module, inputs[0], spikes)
-    return None
+def _detached(value):
+    return value.detach() if isinstance(value, torch.Tensor) else None
+
+
+def _types(layers: list[tuple[str, nn.Module]], keep) -> tuple[type, ...]:
+    return tuple({type(module) for _, module in layers if keep(module)})
+
+
+def _has_v_seq(module: nn.Module) -> bool:
+    return isinstance(module, BaseNode) or hasattr(module, "store_v_seq")
+
+
+def _has_membrane_estimate(module: nn.Module) -> bool:
+    return not _has_v_seq(module) and callable(getattr(module, "membrane", None))
+
+
+def _first(recorder, name: str):
+    """The first record of layer ``name`` in a SpikingJelly monitor, or None."""
+    if recorder is None or name not in recorder.monitored_layers or not recorder[name]:
+        return None
+    return recorder[name][0]
 
 
 def _first_sample(x: torch.Tensor) -> torch.Tensor:
@@ -72,21 +85,14 @@ def record_activity(model: nn.Module, x: torch.Tensor, max_neurons: int = 64, se
     param = next(model.parameters(), None)
     if param is not None:
         x = x.to(param.device)
-    captured: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = {}
-
-    def hook_for(name: str):
-        def hook(module, inputs, output):
-            if name in captured:
-                return
-            spikes = output[0] if isinstance(output, (tuple, list)) else output
-            membrane = _membrane(module, inputs, spikes)
-            captured[name] = (_per_neuron(spikes).cpu(), None if membrane is None else _per_neuron(membrane).cpu())
-
-        return hook
-
+    # SpikingJelly's monitors: outputs (spikes) of every spiking layer, the v_seq attribute after the forward
+    # (membranes of neurons with store_v_seq) and the inputs of neurons that estimate their membrane (the SDN)
+    spikes_monitor = monitor.OutputMonitor(model, _types(layers, lambda m: True), _detached)
+    v_types, input_types = _types(layers, _has_v_seq), _types(layers, _has_membrane_estimate)
+    v_monitor = monitor.AttributeMonitor("v_seq", False, model, v_types, _detached) if v_types else None
+    input_monitor = monitor.InputMonitor(model, input_types, _detached) if input_types else None
     was_training = model.training
     stored = {name: module.store_v_seq for name, module in layers if hasattr(module, "store_v_seq")}
-    handles = [module.register_forward_hook(hook_for(name)) for name, module in layers]
     try:
         model.eval()
         for name, module in layers:
@@ -95,20 +101,31 @@ def record_activity(model: nn.Module, x: torch.Tensor, max_neurons: int = 64, se
         functional.reset_net(model)
         model(x)
     finally:
-        for handle in handles:
-            handle.remove()
+        for active in (spikes_monitor, v_monitor, input_monitor):
+            if active is not None:
+                active.remove_hooks()
         for name, module in layers:
             if name in stored:
                 module.store_v_seq = stored[name]
         functional.reset_net(model)
         model.train(was_training)
 
+    captured: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = {}
+    for name, module in layers:
+        spikes = _first(spikes_monitor, name)
+        if spikes is None:
+            continue  # the layer did not run for this input
+        membrane = _first(v_monitor, name)
+        if membrane is not None and membrane.shape != spikes.shape:
+            membrane = None
+        currents = _first(input_monitor, name)
+        if currents is not None:
+            membrane = _sdn_membrane(module, currents, spikes)
+        captured[name] = (_per_neuron(spikes).cpu(), None if membrane is None else _per_neuron(membrane).cpu())
+
     generator = torch.Generator().manual_seed(int(seed))
     result = {}
-    for name, _ in layers:
-        if name not in captured:
-            continue  # the layer did not run for this input
-        spikes, membrane = captured[name]
+    for name, (spikes, membrane) in captured.items():
         total = spikes.shape[1]
         index = torch.randperm(total, generator=generator)[: min(int(max_neurons), total)].sort().values
         result[name] = {
