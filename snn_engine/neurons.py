@@ -80,17 +80,40 @@ def make_neuron(
     raise UserError(f"unknown neuron.kind={kind!r}; choose one of {sorted(SJ_OP_PACKAGES)}")
 
 
-def select_implementation(kind: str, implementation: str, device: torch.device) -> str:
+def module_implementations(model: nn.Module, device: torch.device) -> dict[str, str]:
+    """``{class name: implementation}`` of every module of ``model`` that reports one.
+
+    A model family's modules with a choice of kernels expose ``implementation_for(device) -> str`` (and raise
+    :class:`UserError` for an explicit choice that cannot run on ``device``); the engine only asks.
+    """
+    found: dict[str, str] = {}
+    for module in model.modules():
+        report = getattr(module, "implementation_for", None)
+        if callable(report):
+            found.setdefault(type(module).__name__, str(report(device)))
+    return found
+
+
+def select_implementation(kind: str, implementation: str, device: torch.device, model: nn.Module | None = None) -> str:
     """Apply ``implementation`` for neurons of ``kind`` on ``device`` and return what will run.
 
     On CPU only the torch implementation exists. On CUDA the choice is handed to SpikingJelly through its
     environment variable (and its already-imported selector, which read the variable at import time);
     an implementation that cannot run raises :class:`UserError` instead of silently falling back.
+    Neurons of a model family (not SpikingJelly's) and other kernels report their own choice through
+    :func:`module_implementations` when ``model`` is given: e.g. ``"S4DKernel: triton, SDNNeuron: triton"``.
     """
     if implementation not in IMPLEMENTATIONS:
         raise UserError(f"unknown neuron.implementation={implementation!r}; choose one of {IMPLEMENTATIONS}")
+    reported = module_implementations(model, device) if model is not None else {}
+    others = ", ".join(f"{name}: {choice}" for name, choice in reported.items())
     if kind not in SJ_OP_PACKAGES:
-        return "torch (python)"  # neurons of our own (no SpikingJelly kernels) run as plain torch ops
+        return others or "torch (python)"  # neurons of our own without a report run as plain torch ops
+    chosen = _select_spikingjelly(kind, implementation, device)
+    return f"{chosen}, {others}" if others else chosen
+
+
+def _select_spikingjelly(kind: str, implementation: str, device: torch.device) -> str:
     if device.type != "cuda":
         if implementation in ("cuda", "triton"):
             raise UserError(

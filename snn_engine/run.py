@@ -114,7 +114,8 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
         data = instantiate(cfg.dataset)
         train_set, val_set = data.train_set(), data.val_set()
         model = build_model(cfg, data)
-        implementation = select_implementation(cfg.neuron.kind, cfg.neuron.get("implementation", "auto"), env.device)
+        implementation = select_implementation(cfg.neuron.kind, cfg.neuron.get("implementation", "auto"), env.device,
+                                              model)
         resolve_precision(cfg.trainer.precision, env.device)
         if cfg.trainer.sync_bn and env.distributed:
             model = distributed.convert_sync_batchnorm(model, env.device)
@@ -187,7 +188,7 @@ def evaluate(cfg: DictConfig, run_dir: str | Path, overrides: list[str]) -> dict
             raise UserError("use_ema=true but the checkpoint has no EMA weights; drop use_ema or train with trainer.ema_decay")
         model.load_state_dict(weights)
         implementation = select_implementation(train_cfg.neuron.kind, train_cfg.neuron.get("implementation", "auto"),
-                                               env.device)
+                                               env.device, model)
         model = model.to(env.device)
         dtype = PRECISIONS[precision] if precision == "64" else None
         if dtype is not None:

@@ -45,6 +45,7 @@ class SpikingSSMBackbone(nn.Module):
         dt_max: float = 1e-1,
         ssm_lr: float = 1e-3,
         checkpoint_layers: bool = False,
+        s4d_implementation: str = "auto",
     ):
         super().__init__()
         if n_layers < 1 or d_model < 1:
@@ -55,7 +56,7 @@ class SpikingSSMBackbone(nn.Module):
             SpikingSSMBlock(
                 d_model, neuron, norm=norm, norm_place=norm_place, dropout=dropout, d_state=d_state,
                 bidirectional=bidirectional, trainable_B=trainable_B, threshold=threshold, dt_min=dt_min,
-                dt_max=dt_max, ssm_lr=ssm_lr, checkpoint=checkpoint_layers,
+                dt_max=dt_max, ssm_lr=ssm_lr, checkpoint=checkpoint_layers, s4d_implementation=s4d_implementation,
             )
             for _ in range(n_layers)
         )
@@ -133,13 +134,15 @@ class SpikingSSMClassifier(_Encoded):
         vocab_size: int | None = None,
         pool: str = "mean",
         checkpoint_layers: bool = False,
+        s4d_implementation: str = "auto",
     ):
         super().__init__()
         self._build(
             neuron, d_input, d_model, vocab_size, pool,
             dict(n_layers=n_layers, d_state=d_state, dropout=dropout, bidirectional=bidirectional,
                  trainable_B=trainable_B, norm=norm, norm_place=norm_place, threshold=threshold,
-                 dt_min=dt_min, dt_max=dt_max, ssm_lr=ssm_lr, checkpoint_layers=checkpoint_layers),
+                 dt_min=dt_min, dt_max=dt_max, ssm_lr=ssm_lr, checkpoint_layers=checkpoint_layers,
+                 s4d_implementation=s4d_implementation),
         )
         self.decoder = nn.Linear(d_model, num_classes)
 
@@ -176,13 +179,15 @@ class SpikingSSMRetrieval(_Encoded):
         pool: str = "mean",
         d_hidden: int | None = None,
         checkpoint_layers: bool = False,
+        s4d_implementation: str = "auto",
     ):
         super().__init__()
         self._build(
             neuron, d_input, d_model, vocab_size, pool,
             dict(n_layers=n_layers, d_state=d_state, dropout=dropout, bidirectional=bidirectional,
                  trainable_B=trainable_B, norm=norm, norm_place=norm_place, threshold=threshold,
-                 dt_min=dt_min, dt_max=dt_max, ssm_lr=ssm_lr, checkpoint_layers=checkpoint_layers),
+                 dt_min=dt_min, dt_max=dt_max, ssm_lr=ssm_lr, checkpoint_layers=checkpoint_layers,
+                 s4d_implementation=s4d_implementation),
         )
         d_hidden = d_hidden or d_model
         self.decoder = nn.Sequential(nn.Linear(4 * d_model, d_hidden), nn.GELU(), nn.Linear(d_hidden, num_classes))

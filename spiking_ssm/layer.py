@@ -4,7 +4,8 @@ Shape convention: both modules take and return **[B, H, L]** (channels before ti
 ``transposed=True``); the backbones transpose from/to [B, L, H]. The neuron gets time-major [L, B, H].
 
 Layer forward, in order: S4D kernel convolution (FFT, causal or bidirectional) + D skip, division by the
-threshold theta, spiking neuron, dropout with the mask shared over time, pointwise Conv1d H -> 2H, GLU.
+threshold theta (the last two folded into the convolution kernel), spiking neuron, dropout with the mask shared over
+time, pointwise Conv1d H -> 2H, GLU.
 """
 
 from __future__ import annotations
@@ -66,6 +67,7 @@ class SpikingSSM(nn.Module):
         dt_max: float = 1e-1,
         ssm_lr: float = 1e-3,
         chunk_elems: int = DEFAULT_CHUNK_ELEMS,
+        s4d_implementation: str = "auto",
     ):
         super().__init__()
         if threshold not in THRESHOLDS:
@@ -77,6 +79,7 @@ class SpikingSSM(nn.Module):
         self.kernel = S4DKernel(
             H, d_state, channels=2 if bidirectional else 1, dt_min=dt_min, dt_max=dt_max,
             trainable_B=trainable_B, ssm_lr=ssm_lr, chunk_elems=chunk_elems,
+            implementation=s4d_implementation,
         )
         self.D = nn.Parameter(torch.randn(H, 1))
         if threshold == "channel":
@@ -90,18 +93,32 @@ class SpikingSSM(nn.Module):
         self.output_linear = nn.Conv1d(H, 2 * H, kernel_size=1)
         self.glu = nn.GLU(dim=1)
 
-    def current(self, u: torch.Tensor) -> torch.Tensor:
-        """The neuron's input: ``(K * u + D u) / theta`` for u [B, H, L]."""
-        L = u.shape[-1]
-        k = self.kernel(L)
+    def conv_kernel(self, length: int) -> torch.Tensor:
+        """``(K + D delta_0) / theta``: the whole current path as one kernel, [H, L] causal or [H, 2L] bidirectional.
+
+        The D skip is the kernel's tap at lag 0 and the threshold scales the kernel, so both cost O(H L) here
+        instead of O(B H L) elementwise passes (and their backward reductions) on the layer's activations.
+        """
+        k = self.kernel(length)
         k = bidirectional_kernel(k) if self.bidirectional else k[0]
-        y = fft_conv(u, k) + self.D * u
-        return y / torch.exp(self.ln_theta)
+        k = torch.cat([k[:, :1] + self.D.to(k.dtype), k[:, 1:]], dim=-1)
+        return k / torch.exp(self.ln_theta).to(k.dtype)
+
+    def current(self, u: torch.Tensor) -> torch.Tensor:
+        """The neuron's input ``(K * u + D u) / theta`` for u [B, H, L] -> [B, H, L] (a strided view of the FFT
+        output: the fused somas read it in place)."""
+        return fft_conv(u, self.conv_kernel(u.shape[-1]))
 
     def spikes(self, u: torch.Tensor) -> torch.Tensor:
-        """Neuron output [B, H, L] (binary for a spiking neuron)."""
-        y = self.current(u)
-        return self.neuron(y.permute(2, 0, 1).contiguous()).permute(1, 2, 0)
+        """Neuron output [B, H, L] (binary for a spiking neuron).
+
+        The neuron sees time-major [L, B, H]. Somas that declare ``accepts_strided_input`` (the fused sdn and
+        sltt) get the permuted view of the current and return a view of [B, H, L] memory: no transposing copy.
+        """
+        y = self.current(u).permute(2, 0, 1)
+        if not getattr(self.neuron, "accepts_strided_input", False):
+            y = y.contiguous()
+        return self.neuron(y).permute(1, 2, 0)
 
     def mix(self, s: torch.Tensor) -> torch.Tensor:
         """Dropout (shared over time), pointwise conv H -> 2H and GLU: [B, H, L] -> [B, H, L]."""

@@ -7,6 +7,12 @@ and the triangle surrogate ``dH/dz ~= max(0, 1 - |z|)`` (SpikingJelly's ``Piecew
 
 A learnable threshold ``theta`` is applied by the *caller* (divide the currents by ``theta``; the neurons'
 threshold stays 1): with zero initial and reset potential, ``f(y; theta) = f(y / theta; 1)``.
+
+``sdn`` and ``sltt`` have two implementations, chosen per call by ``implementation`` (``neuron.implementation``):
+the fused Triton kernels of :mod:`spiking_ssm.kernels.soma` (``auto`` on CUDA, or ``triton``) and the torch code
+here (``auto`` elsewhere, or ``torch``), which is the reference the kernels are tested against. The fused path
+reads the currents in place from any strided time-major view (``accepts_strided_input``), e.g. the layer's
+``[B, H, L]`` memory permuted to ``[L, B, H]``, and returns spikes in the same memory layout.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from spikingjelly.activation_based import neuron as sj_neuron
 from spikingjelly.activation_based import surrogate as sj_surrogate
 
 from snn_engine.errors import UserError
+from spiking_ssm.kernels import runtime, soma
 from spiking_ssm.sdn import ReducedSDN, load_reduced
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
@@ -48,11 +55,16 @@ class SDNNeuron(base.MemoryModule):
     """
 
     emits_spikes = True  # the engine's firing-rate meter monitors it
+    accepts_strided_input = True  # the fused kernel reads any time-major view in place
 
-    def __init__(self, tau: float = 0.125, surrogate_alpha: float = 1.0, weights: str | Path | None = None) -> None:
+    def __init__(self, tau: float = 0.125, surrogate_alpha: float = 1.0, weights: str | Path | None = None,
+                 implementation: str = "auto") -> None:
         super().__init__()
         self.step_mode = "m"
         self.tau = _check_tau(tau)
+        self.implementation = runtime.check_implementation(implementation)
+        self.last_implementation: str | None = None  # what ran the latest call: "triton" or "torch"
+        self._params = _ParamCache()
         path = Path(weights) if weights is not None else packaged_weights(self.tau)
         if weights is None and not path.is_file():
             raise UserError(
@@ -73,6 +85,17 @@ class SDNNeuron(base.MemoryModule):
         self.weights_path = str(path)
         self.surrogate_function = sj_surrogate.PiecewiseQuadratic(alpha=float(surrogate_alpha))
 
+    def _unsupported(self) -> str | None:
+        shape = tuple(self.sdn.conv1_weight.shape)
+        if shape != (soma.SDN_WIDTH, 1, soma.SDN_KERNEL):
+            return f"the fused SDN is built for width 8 and kernel 8, these weights are {shape[0]} x {shape[2]}"
+        return None
+
+    def implementation_for(self, device: torch.device, dtype: torch.dtype = torch.float32) -> str:
+        """``"triton"`` or ``"torch"`` on ``device`` (an explicit choice that cannot run raises UserError)."""
+        unsupported = self._unsupported() or runtime.dtype_unsupported(dtype)
+        return runtime.choose(self.implementation, "sdn soma", device, unsupported)
+
     @torch.no_grad()
     def membrane(self, y: torch.Tensor) -> torch.Tensor:
         """The SDN's estimate of ``tau * u_{t-1}`` for time-major currents ``[L, B, ...]`` (no gradient)."""
@@ -84,6 +107,11 @@ class SDNNeuron(base.MemoryModule):
     def multi_step_forward(self, y: torch.Tensor) -> torch.Tensor:
         if y.dim() < 1 or y.shape[0] == 0:
             raise UserError(f"the sdn neuron needs time-major input [L, B, ...] with L >= 1, got {tuple(y.shape)}")
+        self.last_implementation = self.implementation_for(y.device, y.dtype)
+        if self.last_implementation == "triton":
+            params = self._params.get(y, lambda: soma.sdn_params(self.sdn, self.surrogate_function.alpha,
+                                                                  y.device, y.dtype), self.sdn.buffers())
+            return soma.sdn_spikes(y.movedim(0, -1), params).movedim(-1, 0)
         m = self.membrane(y)
         return self.surrogate_function(m + y - 1.0)
 
@@ -106,18 +134,37 @@ class SLTTLIFNeuron(base.MemoryModule):
     """
 
     emits_spikes = True  # the engine's firing-rate meter monitors it
+    accepts_strided_input = True  # the fused kernel reads any time-major view in place
 
     def __init__(self, tau: float = 0.125, surrogate_alpha: float = 1.0, v_threshold: float = 1.0,
-                 store_v_seq: bool = False) -> None:
+                 store_v_seq: bool = False, implementation: str = "auto") -> None:
         super().__init__()
         self.step_mode = "m"
         self.tau = _check_tau(tau)
+        self.implementation = runtime.check_implementation(implementation)
+        self.last_implementation: str | None = None  # what ran the latest call: "triton" or "torch"
+        self._params = _ParamCache()
         self.v_threshold = float(v_threshold)
         self.surrogate_function = sj_surrogate.PiecewiseQuadratic(alpha=float(surrogate_alpha))
         self.store_v_seq = bool(store_v_seq)  # as SpikingJelly: keep the post-reset membrane [L, B, ...] in v_seq
         self.v_seq: torch.Tensor | None = None
 
+    def implementation_for(self, device: torch.device, dtype: torch.dtype = torch.float32) -> str:
+        """``"triton"`` or ``"torch"`` on ``device`` (an explicit choice that cannot run raises UserError)."""
+        unsupported = runtime.dtype_unsupported(dtype)
+        return runtime.choose(self.implementation, "sltt soma", device, unsupported)
+
     def multi_step_forward(self, y: torch.Tensor) -> torch.Tensor:
+        self.last_implementation = self.implementation_for(y.device, y.dtype)
+        if self.last_implementation == "triton":
+            params = self._params.get(y, lambda: soma.sltt_params(self.tau, self.v_threshold,
+                                                                   self.surrogate_function.alpha, y.device, y.dtype))
+            spikes, membrane = soma.sltt_spikes(y.movedim(0, -1), params, store_membrane=self.store_v_seq)
+            self.v_seq = membrane.movedim(-1, 0) if self.store_v_seq else None
+            return spikes.movedim(-1, 0)
+        return self._torch_forward(y)
+
+    def _torch_forward(self, y: torch.Tensor) -> torch.Tensor:
         u = torch.zeros_like(y[0])
         spikes, membranes = [], []
         for t in range(y.shape[0]):
@@ -140,6 +187,20 @@ class SLTTLIFNeuron(base.MemoryModule):
         return f"tau={self.tau:g}, v_threshold={self.v_threshold}, step_mode={self.step_mode}"
 
 
+class _ParamCache:
+    """The fused kernels' parameter vector, built once per device, dtype and version of its sources (a rebuild
+    per call would cost a host-to-device copy per layer and step)."""
+
+    def __init__(self):
+        self.key, self.value = None, None
+
+    def get(self, like: torch.Tensor, build, sources=()) -> torch.Tensor:
+        key = (like.device, soma.compute_dtype(like.dtype), tuple((t.data_ptr(), t._version) for t in sources))
+        if key != self.key:
+            self.key, self.value = key, build()
+        return self.value
+
+
 def make_lif(tau: float = 0.125, surrogate_alpha: float = 1.0) -> sj_neuron.LIFNode:
     """SpikingJelly multi-step LIF with ``u <- tau * u + y`` (its ``tau`` is ``1 / (1 - tau)``), BPTT."""
     tau = _check_tau(tau)
@@ -159,17 +220,20 @@ def make_ssm_neuron(
     tau: float = 0.125,
     weights: str | Path | None = None,
     surrogate_alpha: float = 1.0,
+    implementation: str = "auto",
 ) -> torch.nn.Module:
     """A SpikingSSM neuron: ``sdn`` (parallel, needs SDN weights for ``tau``), ``lif`` (BPTT) or ``sltt``.
 
-    ``lif`` is stateful like every SpikingJelly neuron: call ``functional.reset_net`` between batches.
+    ``lif`` is stateful like every SpikingJelly neuron: call ``functional.reset_net`` between batches; its
+    implementation is SpikingJelly's choice (``snn_engine.neurons.select_implementation`` applies the setting).
     """
+    runtime.check_implementation(implementation)
     if kind == "sdn":
-        return SDNNeuron(tau=tau, surrogate_alpha=surrogate_alpha, weights=weights)
+        return SDNNeuron(tau=tau, surrogate_alpha=surrogate_alpha, weights=weights, implementation=implementation)
     if weights is not None:
         raise UserError(f"neuron.weights is only used by neuron.kind=sdn, not {kind!r}; remove neuron.weights")
     if kind == "lif":
         return make_lif(tau=tau, surrogate_alpha=surrogate_alpha)
     if kind == "sltt":
-        return SLTTLIFNeuron(tau=tau, surrogate_alpha=surrogate_alpha)
+        return SLTTLIFNeuron(tau=tau, surrogate_alpha=surrogate_alpha, implementation=implementation)
     raise UserError(f"unknown neuron.kind={kind!r}; choose one of {list(NEURON_KINDS)}")

@@ -17,9 +17,14 @@ Optimizer hints (``param._optim``, read by :func:`snn_engine.optim.param_groups`
 (global lr, global weight decay) with ``trainable_B=False``; with ``trainable_B=True`` it gets ``{"lr": ssm_lr}``
 and therefore the global weight decay, as in the reference.
 
-Memory: the Vandermonde product is evaluated in chunks of the length axis so that at most about
-``chunk_elems`` complex numbers of the [H, N/2, L] Vandermonde matrix exist at a time; when gradients are
-needed each chunk is wrapped in activation checkpointing, so backward recomputes it instead of storing it.
+Two implementations of ``forward(L)``, chosen by ``implementation`` (``model.s4d_implementation``):
+
+- ``triton`` (``auto`` on CUDA): :func:`spiking_ssm.kernels.vandermonde.fused_vandermonde_kernel`, one fused pass
+  forward and backward that never forms the [H, N/2, L] Vandermonde matrix (memory: the output only);
+- ``torch`` (``auto`` elsewhere, the reference): the Vandermonde product in chunks of the length axis, at most
+  about ``chunk_elems`` complex numbers of the matrix alive at a time; when gradients are needed each chunk is
+  checkpointed, so backward recomputes it instead of storing it. A kernel that fits in one chunk is built in one
+  piece without checkpointing.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from snn_engine.errors import UserError
+from spiking_ssm.kernels import runtime
 
 # about 4M complex numbers (32 MiB in complex64) of Vandermonde matrix alive at a time
 DEFAULT_CHUNK_ELEMS = 1 << 22
@@ -89,8 +95,10 @@ class S4DKernel(nn.Module):
         trainable_B: bool = False,
         ssm_lr: float = 1e-3,
         chunk_elems: int = DEFAULT_CHUNK_ELEMS,
+        implementation: str = "auto",
     ):
         super().__init__()
+        self.implementation = runtime.check_implementation(implementation, "model.s4d_implementation")
         if d_state < 2 or d_state % 2:
             raise UserError(f"model.d_state={d_state} must be an even number >= 2 (N/2 complex modes)")
         if not 0 < dt_min <= dt_max:
@@ -132,7 +140,15 @@ class S4DKernel(nn.Module):
 
     def forward(self, length: int) -> torch.Tensor:
         dtA, Bbar, C = self._zoh()
+        if self.implementation_for(dtA.device) == "triton":
+            from spiking_ssm.kernels.vandermonde import fused_vandermonde_kernel
+
+            return fused_vandermonde_kernel(C * Bbar, dtA, int(length))
         return vandermonde_kernel(C * Bbar, dtA, int(length), self.chunk_elems)
+
+    def implementation_for(self, device: torch.device) -> str:
+        """``"triton"`` or ``"torch"``: what builds the kernel on ``device`` (an impossible request raises)."""
+        return runtime.choose(self.implementation, "S4D kernel", device, setting="model.s4d_implementation")
 
 
 def bidirectional_kernel(k: torch.Tensor) -> torch.Tensor:

@@ -1,4 +1,5 @@
-"""Test settings: W&B off, a small thread count, and paths to the repository and optional real data."""
+"""Test settings: W&B off, a small thread count, Triton's CPU interpreter when there is no GPU, and paths to the
+repository and optional real data."""
 
 import os
 from pathlib import Path
@@ -7,6 +8,10 @@ import pytest
 import torch
 
 os.environ.setdefault("WANDB_MODE", "disabled")
+# Without a GPU the fused Triton kernels run (slowly) in Triton's interpreter on CPU tensors; it must be on before
+# triton is first imported. With a GPU they are tested compiled, on CUDA tensors.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
 REPO = Path(__file__).resolve().parents[1]

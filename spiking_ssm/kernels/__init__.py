@@ -1,0 +1,10 @@
+"""Fused Triton kernels of the SpikingSSM layer, each with a plain torch reference elsewhere in the package.
+
+- :mod:`spiking_ssm.kernels.soma`: the SDN soma (reduced SDN membrane estimate + spikes + surrogate factor in one
+  pass) and the SLTT soma (the LIF scan over time, elementwise backward), both on ``[..., L]`` rows in the layer's
+  own layout;
+- :mod:`spiking_ssm.kernels.vandermonde`: the S4D kernel ``K[c, h, l] = 2 Re sum_n coeff Abar^l`` and its
+  gradients without the ``[H, N/2, L]`` Vandermonde matrix;
+- :mod:`spiking_ssm.kernels.runtime`: where a Triton kernel can run (CUDA, or CPU tensors under Triton's
+  interpreter, ``TRITON_INTERPRET=1``) and the one-line errors when it cannot.
+"""

@@ -1,0 +1,235 @@
+"""The fused Triton kernels of SpikingSSM against their torch references.
+
+Without a GPU the kernels run in Triton's CPU interpreter (``TRITON_INTERPRET=1``, set by conftest), with one on
+CUDA. Shapes are small and odd: lengths below the SDN's receptive field (L < 8), not a multiple of the block,
+strided views as the layer passes them. Spikes must be identical except where ``|m + y - 1|`` is within rounding
+of 0, gradients equal to 1e-5 relative (float64: to rounding).
+"""
+
+import functools
+
+import pytest
+import torch
+
+from snn_engine.errors import UserError
+from snn_engine.neurons import select_implementation
+from spiking_ssm.kernels import runtime
+from spiking_ssm.kernels.vandermonde import fused_vandermonde_kernel
+from spiking_ssm.layer import SpikingSSM
+from spiking_ssm.neurons import SDNNeuron, SLTTLIFNeuron, make_ssm_neuron
+from spiking_ssm.s4d import S4DKernel, vandermonde_kernel
+from spiking_ssm.sdn import SDN, reduce_sdn
+
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+LENGTHS = [1, 5, 8, 9, 263]  # 263: two SDN blocks of 256, the second partial
+
+
+def _random_sdn_neuron(implementation: str, seed: int = 0) -> SDNNeuron:
+    """The packaged neuron with random (non-symmetric) reduced weights, so a misread weight shows."""
+    torch.manual_seed(seed)
+    training = SDN()
+    for norm in (training.spatial_norm, training.feature_norm):
+        norm.running_mean.normal_(0, 0.3)
+        norm.running_var.uniform_(0.5, 2.0)
+    neuron = SDNNeuron(implementation=implementation).to(DEVICE)
+    reduced = reduce_sdn(training.eval())
+    with torch.no_grad():
+        for key, value in reduced.state_dict().items():
+            if key != "tau":
+                getattr(neuron.sdn, key).copy_(value)
+    return neuron
+
+
+def _currents(length: int, dtype: torch.dtype, layout: str, seed: int = 1) -> torch.Tensor:
+    """Time-major [L, B=2, H=3] currents in memory laid out as the layer (``bhl``), as an FFT output slice
+    (``slice``) or time-major contiguous (``lbh``)."""
+    g = torch.Generator().manual_seed(seed)
+    if layout == "lbh":
+        return (1.2 * torch.randn(length, 2, 3, generator=g, dtype=torch.float64) + 0.3).to(DEVICE, dtype)
+    wide = 1.2 * torch.randn(2, 3, 2 * length, generator=g, dtype=torch.float64) + 0.3
+    bhl = wide[..., :length] if layout == "slice" else wide[..., :length].contiguous()
+    return bhl.to(DEVICE, dtype).permute(2, 0, 1)
+
+
+def _forward_backward(neuron, y: torch.Tensor, upstream: torch.Tensor):
+    y = y.detach().requires_grad_()
+    spikes = neuron(y)
+    (spikes * upstream).sum().backward()
+    return spikes.detach(), y.grad
+
+
+def _assert_same(spikes, grad, ref_spikes, ref_grad, margin, dtype, near_zero):
+    differ = spikes != ref_spikes
+    assert not (differ & (near_zero.abs() > margin)).any(), "spikes differ away from the threshold"
+    assert differ.float().mean().item() < 1e-3
+    keep = ~differ  # a flipped spike may also flip its surrogate factor
+    tol = 1e-12 if dtype == torch.float64 else 1e-5
+    scale = ref_grad.abs().max().item() or 1.0
+    torch.testing.assert_close(grad[keep], ref_grad[keep], rtol=tol, atol=tol * scale)
+
+
+# ---------------------------------------------------------------- SDN soma
+
+
+@pytest.mark.parametrize("length", LENGTHS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("layout", ["bhl", "slice", "lbh"])
+def test_fused_sdn_equals_torch_reference(length, dtype, layout):
+    fused, reference = _random_sdn_neuron("triton"), _random_sdn_neuron("torch")
+    y = _currents(length, dtype, layout)
+    upstream = torch.randn(y.shape, generator=torch.Generator().manual_seed(2), dtype=dtype).to(DEVICE)
+    spikes, grad = _forward_backward(fused, y, upstream)
+    ref_spikes, ref_grad = _forward_backward(reference, y, upstream)
+    assert fused.last_implementation == "triton" and reference.last_implementation == "torch"
+    assert spikes.dtype == dtype and spikes.shape == y.shape
+    z = reference.membrane(y) + y - 1.0
+    _assert_same(spikes, grad, ref_spikes, ref_grad, 1e-12 if dtype == torch.float64 else 1e-5, dtype, z)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, pytest.param(torch.bfloat16, marks=pytest.mark.skipif(
+    runtime.interpreter_on(), reason="Triton's CPU interpreter mishandles bfloat16 stores (numpy has no bfloat16)"))])
+def test_fused_sdn_takes_half_inputs_and_computes_in_float32(dtype):
+    fused, reference = _random_sdn_neuron("triton"), _random_sdn_neuron("torch")
+    y = _currents(40, dtype, "bhl")
+    spikes = fused(y)
+    assert spikes.dtype == dtype
+    exact = reference(y.float())  # the same inputs, float32 arithmetic
+    z = reference.membrane(y.float()) + y.float() - 1.0
+    assert not ((spikes.float() != exact) & (z.abs() > 1e-5)).any()
+
+
+def test_fused_sdn_follows_new_weights_and_skips_the_factor_without_grad():
+    neuron = _random_sdn_neuron("triton", seed=3)
+    y = _currents(30, torch.float32, "bhl")
+    before = neuron(y)
+    with torch.no_grad():
+        neuron.sdn.conv3_bias.add_(0.5)  # in place: the cached kernel parameters must notice
+        after = neuron(y)
+    reference = _random_sdn_neuron("torch", seed=3)
+    with torch.no_grad():
+        reference.sdn.conv3_bias.add_(0.5)
+    assert not torch.equal(before, after)
+    z = reference.membrane(y) + y - 1.0
+    assert not ((after != reference(y)) & (z.abs() > 1e-5)).any()
+
+
+# ---------------------------------------------------------------- SLTT soma
+
+
+@pytest.mark.parametrize("length", [1, 7, 9, 70])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("layout", ["bhl", "slice", "lbh"])
+def test_fused_sltt_equals_torch_reference(length, dtype, layout):
+    fused = SLTTLIFNeuron(store_v_seq=True, implementation="triton")
+    reference = SLTTLIFNeuron(store_v_seq=True, implementation="torch")
+    y = _currents(length, dtype, layout, seed=4)
+    upstream = torch.randn(y.shape, generator=torch.Generator().manual_seed(5), dtype=dtype).to(DEVICE)
+    spikes, grad = _forward_backward(fused, y, upstream)
+    ref_spikes, ref_grad = _forward_backward(reference, y, upstream)
+    assert fused.last_implementation == "triton" and spikes.dtype == dtype
+    h = reference.v_seq.new_zeros(y.shape)  # the charged membrane, for the near-threshold exemption
+    u = torch.zeros_like(y[0])
+    for t in range(length):
+        h[t] = reference.tau * u + y[t]
+        u = h[t] * (h[t] < 1.0)
+    _assert_same(spikes, grad, ref_spikes, ref_grad, 1e-6, dtype, h - 1.0)
+    torch.testing.assert_close(fused.v_seq, reference.v_seq, rtol=1e-6, atol=1e-6)
+
+
+def test_fused_sltt_without_membrane_or_gradient():
+    neuron = SLTTLIFNeuron(implementation="triton")
+    y = _currents(20, torch.float32, "bhl", seed=6)
+    with torch.no_grad():
+        spikes = neuron(y)
+    assert neuron.v_seq is None
+    assert torch.equal(spikes, SLTTLIFNeuron(implementation="torch")(y).detach())
+
+
+# ---------------------------------------------------------------- S4D kernel
+
+
+@pytest.mark.parametrize("channels", [1, 2])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("length", [1, 7, 300])
+def test_fused_vandermonde_equals_torch_reference(channels, dtype, length):
+    torch.manual_seed(7)
+    kernel = S4DKernel(3, 8, channels=channels).to(dtype)
+    with torch.no_grad():
+        kernel.log_A_real.add_(2.0 * torch.randn_like(kernel.log_A_real))  # slow and fast modes
+    dtA, Bbar, C = kernel._zoh()
+    coeff = (C * Bbar).detach().to(DEVICE)
+    dtA = dtA.detach().to(DEVICE)
+    a = [t.clone().requires_grad_() for t in (coeff, dtA)]
+    b = [t.clone().requires_grad_() for t in (coeff, dtA)]
+    ref, out = vandermonde_kernel(*a, length), fused_vandermonde_kernel(*b, length)
+    assert out.shape == (channels, 3, length) and out.dtype == dtype
+    upstream = torch.randn_like(ref)
+    (ref * upstream).sum().backward()
+    (out * upstream).sum().backward()
+    tol = 1e-12 if dtype == torch.float64 else 2e-6
+    for got, want in [(out, ref), (b[0].grad, a[0].grad), (b[1].grad, a[1].grad)]:
+        scale = want.abs().max().item()
+        torch.testing.assert_close(got.detach(), want.detach(), rtol=tol, atol=tol * scale)
+
+
+def test_fused_vandermonde_gradcheck_and_large_phases():
+    g = torch.Generator().manual_seed(8)
+    coeff = torch.randn(2, 2, 3, generator=g, dtype=torch.complex128).to(DEVICE).requires_grad_()
+    dtA = torch.complex(-torch.rand(2, 3, generator=g, dtype=torch.float64),
+                        3 * torch.randn(2, 3, generator=g, dtype=torch.float64)).to(DEVICE).requires_grad_()
+    assert torch.autograd.gradcheck(lambda c, a: fused_vandermonde_kernel(c, a, 11), (coeff, dtA))
+    # phases of ~1.5e4 rad with slow decay: the range reduction keeps float64 exact
+    slow = torch.complex(torch.tensor([[-1e-4, -3e-4]], dtype=torch.float64), torch.tensor([[3.0, 0.37]],
+                                                                                           dtype=torch.float64))
+    c = torch.randn(1, 1, 2, generator=g, dtype=torch.complex128)
+    ref = vandermonde_kernel(c, slow, 5000)
+    torch.testing.assert_close(fused_vandermonde_kernel(c.to(DEVICE), slow.to(DEVICE), 5000).cpu(), ref,
+                               rtol=0, atol=1e-12)
+
+
+# ---------------------------------------------------------------- the layer and the switch
+
+
+@pytest.mark.parametrize("kind", ["sdn", "sltt"])
+@pytest.mark.parametrize("bidirectional", [True, False])
+def test_layer_with_fused_kernels_equals_torch_layer_in_float64(kind, bidirectional):
+    layers = []
+    for implementation in ("torch", "triton"):
+        torch.manual_seed(9)
+        neuron = functools.partial(make_ssm_neuron, kind=kind, implementation=implementation)
+        layers.append(SpikingSSM(5, neuron, d_state=8, bidirectional=bidirectional,
+                                 s4d_implementation=implementation).double().to(DEVICE))
+    x = torch.randn(2, 5, 37, dtype=torch.float64, generator=torch.Generator().manual_seed(10)).to(DEVICE)
+    upstream = torch.randn(2, 5, 37, dtype=torch.float64, generator=torch.Generator().manual_seed(11)).to(DEVICE)
+    grads = []
+    for layer in layers:
+        xi = x.clone().requires_grad_()
+        out = layer(xi)
+        (out * upstream).sum().backward()
+        grads.append([out.detach(), xi.grad] + [p.grad for p in layer.parameters()])
+    assert layers[1].neuron.last_implementation == "triton"
+    for got, want in zip(grads[1], grads[0]):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+
+
+def test_implementation_switch(monkeypatch):
+    with pytest.raises(UserError, match="neuron.implementation"):
+        make_ssm_neuron("sdn", implementation="cupy")
+    with pytest.raises(UserError, match="no native CUDA kernel.*implementation=auto or triton"):
+        make_ssm_neuron("sltt", implementation="cuda")(torch.zeros(3, 1, 2))
+    with pytest.raises(UserError, match="model.s4d_implementation"):
+        S4DKernel(2, 4, implementation="fast")
+    cpu = torch.device("cpu")
+    assert SDNNeuron(implementation="auto").implementation_for(cpu) == "torch"  # never the slow interpreter
+    assert SDNNeuron(implementation="triton").implementation_for(cpu, torch.float32) == (
+        "triton" if runtime.interpreter_on() else "torch")
+    model = SpikingSSM(4, functools.partial(make_ssm_neuron, kind="sdn", implementation="torch"), d_state=4)
+    assert select_implementation("sdn", "torch", cpu, model) == "S4DKernel: torch, SDNNeuron: torch"
+    monkeypatch.setattr(runtime, "interpreter_on", lambda: False)  # a plain CPU: Triton cannot run here
+    with pytest.raises(UserError, match=r"neuron.implementation=triton cannot run the sdn soma on cpu.*CUDA"):
+        SDNNeuron(implementation="triton")(torch.zeros(4, 1, 2))
+    with pytest.raises(UserError, match=r"model.s4d_implementation=triton cannot run"):
+        S4DKernel(2, 4, implementation="triton")(8)
+    model = SpikingSSM(4, functools.partial(make_ssm_neuron, kind="sltt", implementation="triton"), d_state=4)
+    with pytest.raises(UserError, match="sltt soma"):
+        select_implementation("sltt", "triton", cpu, model)
