@@ -164,10 +164,45 @@ def bidirectional_kernel(k: torch.Tensor) -> torch.Tensor:
 
 
 def fft_conv(u: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-    """Convolve u [..., H, L] with k [H, L] (causal) or [H, 2L] (bidirectional); FFT size 2L, first L kept."""
-    L = u.shape[-1]
-    n = 2 * L
+    """Convolve u [..., H, L] with k [H, L] (causal) or [H, 2L] (bidirectional); FFT size 2L, first L kept.
+
+    Returns [..., H, L], a view of the inverse FFT's [..., H, 2L] output (the fused somas read it in place).
+    Half-precision inputs are computed in float32. The backward is written out (:class:`_FFTConv`) so that it
+    transforms the gradient once and reuses the saved input spectrum, instead of autograd's zero-filled slice
+    gradient and full-size complex adjoints.
+    """
     if u.dtype in (torch.float16, torch.bfloat16) or k.dtype in (torch.float16, torch.bfloat16):
         u, k = u.float(), k.float()  # half-precision FFTs need power-of-two sizes and lose accuracy
-    spectrum = torch.fft.rfft(u, n=n) * torch.fft.rfft(k.to(u.dtype), n=n)
-    return torch.fft.irfft(spectrum, n=n)[..., :L]
+    return _FFTConv.apply(u, k.to(u.dtype))
+
+
+class _FFTConv(torch.autograd.Function):
+    """``y = irfft(rfft(u, 2L) rfft(k, 2L), 2L)[..., :L]``.
+
+    Backward (circular correlation with real signals): ``du = irfft(G conj(Kf))[..., :L]`` and
+    ``dk = irfft(sum over the leading axes of G conj(Uf))[:, :len(k)]`` with ``G = rfft(dy, 2L)``; the input
+    spectrum ``Uf`` is saved only when ``k`` needs a gradient, ``Kf`` only when ``u`` does.
+    """
+
+    @staticmethod
+    def forward(ctx, u: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        length = u.shape[-1]
+        n = 2 * length
+        u_f = torch.fft.rfft(u, n=n)
+        k_f = torch.fft.rfft(k, n=n)
+        ctx.save_for_backward(u_f if ctx.needs_input_grad[1] else None, k_f if ctx.needs_input_grad[0] else None)
+        ctx.length, ctx.kernel_length = length, k.shape[-1]
+        return torch.fft.irfft(u_f * k_f, n=n)[..., :length]
+
+    @staticmethod
+    def backward(ctx, grad_y: torch.Tensor):
+        u_f, k_f = ctx.saved_tensors
+        n = 2 * ctx.length
+        g_f = torch.fft.rfft(grad_y, n=n)
+        grad_u = grad_k = None
+        if ctx.needs_input_grad[0]:
+            grad_u = torch.fft.irfft(g_f * k_f.conj(), n=n)[..., :ctx.length]
+        if ctx.needs_input_grad[1]:
+            spectrum = (g_f * u_f.conj()).reshape(-1, *g_f.shape[-2:]).sum(0)
+            grad_k = torch.fft.irfft(spectrum, n=n)[..., :ctx.kernel_length]
+        return grad_u, grad_k
