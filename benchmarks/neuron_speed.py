@@ -1,15 +1,24 @@
-"""Forward+backward time of one SpikingSSM layer with each soma: the SDN against BPTT and SLTT LIF.
+"""Speed of SpikingSSM's somas, alone and inside one layer, forward+backward, with every ratio from this run.
 
-    python benchmarks/neuron_speed.py                       # L = 1K, 2K, 4K, 8K; batch 4, width 64 on this device
-    python benchmarks/neuron_speed.py --batch 64 --width 256 --lengths 1024 8192
+    python benchmarks/neuron_speed.py                                     # this device; L = 1K..8K
+    python benchmarks/neuron_speed.py --batch 64 --width 256              # the paper's setting (a GPU)
+    python benchmarks/neuron_speed.py --batch 64 --width 256 --decompose  # where the layer's time goes
+    python benchmarks/neuron_speed.py --verify                            # fused kernels against torch first
 
-The three layers share their weights; only the soma differs:
-- ``sdn``: the packaged surrogate dynamic network, parallel over time (``neuron=sdn``);
-- ``lif``: SpikingJelly 2.0's eager ``LIFNode`` with the SpikingSSM dynamics, back-propagation through time, the
-  strongest iterative baseline (``neuron=lif`` inside a SpikingSSM model);
-- ``sltt``: the same LIF with the membrane detached every step (``neuron=sltt``).
-It prints the median seconds of a forward+backward pass and the speed-up of ``sdn`` over each baseline, measured
-in the same run. The paper reports 7.5x at 1K and 101x at 8K over BPTT on a GPU (batch 64).
+Somas (the layers share their weights; only the soma and the S4D path differ):
+- ``sdn fused``: the SDN soma's Triton kernel (``neuron=sdn``, the default on CUDA);
+- ``sdn torch``: the SDN soma in torch (``neuron.implementation=torch``, the path before the kernels);
+- ``lif sj``: SpikingJelly 2.0's ``LIFNode`` with SpikingSSM's dynamics (BPTT; its Triton kernel on CUDA), fed the
+  contiguous time-major copy it needs, as the layer does (``neuron=lif``);
+- ``sltt fused`` / ``sltt torch``: SLTT as a Triton scan / as the Python loop over L (``neuron=sltt``);
+- ``bptt loop``: the paper's BPTT comparison, a Python loop over L with gradients through the membrane.
+The ``torch`` rows run the whole layer in torch (``model.s4d_implementation=torch``); the others use the fused
+S4D kernel where it runs. Fused rows need CUDA (or ``TRITON_INTERPRET=1``, meaningful for ``--verify`` only).
+
+Columns: median milliseconds of the soma alone (on [L, B, H] currents seen as the layer's [B, H, L] memory) and of
+the whole layer; the layer's speed-up over ``lif sj`` and over ``bptt loop``. ``floor`` is the memory floor of a
+soma: reading y and writing s forward, reading ds and writing dy backward, at the copy bandwidth measured here.
+Peak memory of a layer step is printed on CUDA. The paper reports 7.5x (1K) to 101x (8K) over its BPTT.
 """
 
 from __future__ import annotations
@@ -23,58 +32,194 @@ from pathlib import Path
 
 import torch
 from spikingjelly.activation_based.functional import reset_net
+from spikingjelly.activation_based.surrogate import PiecewiseQuadratic
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from spiking_ssm.kernels.runtime import triton_unavailable  # noqa: E402
 from spiking_ssm.layer import SpikingSSM  # noqa: E402
 from spiking_ssm.neurons import make_ssm_neuron  # noqa: E402
 
-SOMAS = ("sdn", "lif", "sltt")
+LOOP_MAX_LENGTH = 8192  # the Python loops are timed up to here (minutes per pass beyond)
 
 
-def time_layer(layer: torch.nn.Module, x: torch.Tensor, repeats: int, warmup: int) -> float:
-    """Median seconds of ``layer(x).sum().backward()`` (state reset between passes)."""
+class LoopBPTT(torch.nn.Module):
+    """The paper's BPTT soma: ``h = tau u + y_t``, triangle surrogate, reset with a detached spike, a Python loop."""
+
+    accepts_strided_input = True
+
+    def __init__(self, tau: float = 0.125):
+        super().__init__()
+        self.tau, self.surrogate = tau, PiecewiseQuadratic(alpha=1.0)
+
+    def forward(self, y: torch.Tensor) -> torch.Tensor:
+        u, spikes = torch.zeros_like(y[0]), []
+        for t in range(y.shape[0]):
+            h = self.tau * u + y[t]
+            s = self.surrogate(h - 1.0)
+            u = h * (1.0 - s.detach())
+            spikes.append(s)
+        return torch.stack(spikes)
+
+
+SOMAS = {  # name -> (soma factory, S4D implementation, needs Triton, a Python loop over L)
+    "sdn fused": (functools.partial(make_ssm_neuron, "sdn", implementation="triton"), "auto", True, False),
+    "sdn torch": (functools.partial(make_ssm_neuron, "sdn", implementation="torch"), "torch", False, False),
+    "lif sj": (functools.partial(make_ssm_neuron, "lif"), "auto", False, False),
+    "sltt fused": (functools.partial(make_ssm_neuron, "sltt", implementation="triton"), "auto", True, False),
+    "sltt torch": (functools.partial(make_ssm_neuron, "sltt", implementation="torch"), "torch", False, True),
+    "bptt loop": (LoopBPTT, "auto", False, True),
+}
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def median_seconds(step, device: torch.device, repeats: int, warmup: int) -> float:
+    """Median wall time of ``step()`` (synchronised on CUDA) after ``warmup`` untimed calls."""
     times = []
     for i in range(warmup + repeats):
-        if x.is_cuda:
-            torch.cuda.synchronize(x.device)
+        synchronize(device)
         start = time.perf_counter()
-        layer(x).float().square().mean().backward()
-        reset_net(layer)
-        if x.is_cuda:
-            torch.cuda.synchronize(x.device)
+        step()
+        synchronize(device)
         if i >= warmup:
             times.append(time.perf_counter() - start)
-        layer.zero_grad(set_to_none=True)
-        x.grad = None
     return statistics.median(times)
 
 
-def main() -> None:
+def copy_bandwidth(device: torch.device, numel: int) -> float:
+    """Bytes per second of a device copy (one read + one write) of ``numel`` float32."""
+    src = torch.randn(numel, device=device)
+    dst = torch.empty_like(src)
+    seconds = median_seconds(lambda: dst.copy_(src), device, 5, 2)
+    return 2 * src.numel() * src.element_size() / seconds
+
+
+def build_layer(name: str, args, device: torch.device) -> SpikingSSM:
+    factory, s4d, _, _ = SOMAS[name]
+    torch.manual_seed(0)  # identical weights in every layer
+    return SpikingSSM(args.width, factory, d_state=args.d_state, bidirectional=True,
+                      s4d_implementation=s4d).to(device)
+
+
+def layer_step(layer, x: torch.Tensor, upstream: torch.Tensor):
+    def step():
+        layer(x).backward(upstream)
+        reset_net(layer)
+        layer.zero_grad(set_to_none=True)
+        x.grad = None
+    return step
+
+
+def soma_step(soma, y_time_major: torch.Tensor, upstream: torch.Tensor, contiguous: bool):
+    def step():
+        y = y_time_major.contiguous() if contiguous else y_time_major
+        soma(y).backward(upstream)
+        reset_net(soma)
+        y_time_major.grad = None
+    return step
+
+
+def peak_bytes(step, device: torch.device) -> float | None:
+    if device.type != "cuda":
+        return None
+    torch.cuda.reset_peak_memory_stats(device)
+    base = torch.cuda.memory_allocated(device)
+    step()
+    synchronize(device)
+    return torch.cuda.max_memory_allocated(device) - base
+
+
+def runnable(names, args, device: torch.device, length: int) -> list[str]:
+    keep = []
+    for name in names:
+        _, _, needs_triton, loop = SOMAS[name]
+        if needs_triton and triton_unavailable(device):
+            continue
+        if loop and length > args.loop_max_length:
+            continue
+        keep.append(name)
+    return keep
+
+
+def measure_length(length: int, args, device: torch.device, bandwidth: float) -> None:
+    names = runnable(args.somas, args, device, length)
+    g = torch.Generator(device="cpu").manual_seed(length)
+    x = torch.randn(args.batch, args.width, length, generator=g).to(device).requires_grad_()
+    upstream = torch.randn(args.batch, args.width, length, generator=g).to(device)
+    y = (torch.randn(args.batch, args.width, length, generator=g) * 1.2).to(device)
+    y_view = y.permute(2, 0, 1).requires_grad_()  # [L, B, H] over the layer's [B, H, L] memory
+    up_view = upstream.permute(2, 0, 1)
+    rows = {}
+    for name in names:
+        layer = build_layer(name, args, device)
+        repeats = min(args.repeats, 3) if SOMAS[name][3] else args.repeats
+        strided = getattr(layer.neuron, "accepts_strided_input", False)
+        soma = median_seconds(soma_step(layer.neuron, y_view, up_view, not strided), device, repeats, args.warmup)
+        whole = median_seconds(layer_step(layer, x, upstream), device, repeats, args.warmup)
+        rows[name] = (soma, whole, peak_bytes(layer_step(layer, x, upstream), device))
+        del layer
+    floor = 4 * y.numel() * y.element_size() / bandwidth
+    for name, (soma, whole, peak) in rows.items():
+        vs = [f"{rows[ref][1] / whole:>{w - 1}.1f}x" if ref in rows else f"{'-':>{w}}"
+              for ref, w in (("lif sj", 10), ("bptt loop", 9))]
+        memory = f"{peak / 2**30:>10.2f}" if peak is not None else f"{'-':>10}"
+        print(f"{length:>6} {name:<11}{1e3 * soma:>11.3f}{soma / floor:>9.1f}x{1e3 * whole:>11.2f}"
+              + "".join(vs) + memory, flush=True)
+    print(f"{length:>6} {'floor':<11}{1e3 * floor:>11.3f}", flush=True)
+
+
+def decompose(length: int, args, device: torch.device) -> None:
+    """Forward+backward milliseconds of each part of the layer, for each runnable soma."""
+    from benchmarks.layer_parts import layer_parts  # noqa: E402 - only for --decompose
+
+    for name in runnable(args.somas, args, device, length):
+        layer = build_layer(name, args, device)
+        parts = layer_parts(layer, args.batch, length, device)
+        cells = "  ".join(f"{part} {1e3 * median_seconds(step, device, args.repeats, args.warmup):.2f}"
+                          for part, step in parts.items())
+        print(f"{length:>6} {name:<11} {cells}", flush=True)
+        del layer
+
+
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--lengths", type=int, nargs="+", default=[1024, 2048, 4096, 8192])
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--width", type=int, default=64, help="d_model H")
     parser.add_argument("--d-state", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--somas", nargs="+", default=list(SOMAS), choices=list(SOMAS))
+    parser.add_argument("--loop-max-length", type=int, default=LOOP_MAX_LENGTH,
+                        help="skip the Python-loop somas above this length")
+    parser.add_argument("--decompose", action="store_true", help="also time each part of the layer")
+    parser.add_argument("--verify", action="store_true", help="compare the fused kernels with torch first")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     device = torch.device(args.device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU x{torch.get_num_threads()} threads"
-    print(f"device: {name}; one SpikingSSM layer, batch {args.batch}, width {args.width}, d_state {args.d_state}; "
-          f"median of {args.repeats} forward+backward passes after {args.warmup} warm-up")
-    print(f"{'L':>6}" + "".join(f"{soma + ' s':>11}" for soma in SOMAS) + f"{'lif/sdn':>10}{'sltt/sdn':>10}")
-    torch.manual_seed(0)
-    layers = {}
-    for soma in SOMAS:
-        torch.manual_seed(0)  # identical weights in the three layers
-        layers[soma] = SpikingSSM(args.width, functools.partial(make_ssm_neuron, kind=soma), d_state=args.d_state,
-                                  bidirectional=True).to(device)
+    print(f"device: {name}; torch {torch.__version__}; one SpikingSSM layer (bidirectional), batch {args.batch}, "
+          f"width {args.width}, d_state {args.d_state}; median of {args.repeats} forward+backward passes "
+          f"(Python loops: at most 3) after {args.warmup} warm-up")
+    reason = triton_unavailable(device)
+    if reason:
+        print(f"fused rows skipped: {reason}")
+    if args.verify:
+        from benchmarks.verify_kernels import verify  # noqa: E402
+
+        verify(args.batch, args.width, args.d_state, min(args.lengths), device)
+    bandwidth = copy_bandwidth(device, args.batch * args.width * max(args.lengths))
+    print(f"copy bandwidth {bandwidth / 1e9:.0f} GB/s")
+    print(f"{'L':>6} {'soma':<11}{'soma ms':>11}{'/floor':>10}{'layer ms':>11}{'vs lif sj':>10}{'vs loop':>9}"
+          f"{'peak GiB':>10}")
     for length in args.lengths:
-        x = torch.randn(args.batch, args.width, length, device=device, requires_grad=True)
-        seconds = {soma: time_layer(layer, x, args.repeats, args.warmup) for soma, layer in layers.items()}
-        print(f"{length:>6}" + "".join(f"{seconds[s]:>11.4f}" for s in SOMAS)
-              + f"{seconds['lif'] / seconds['sdn']:>9.1f}x{seconds['sltt'] / seconds['sdn']:>9.1f}x", flush=True)
+        measure_length(length, args, device, bandwidth)
+    if args.decompose:
+        for length in args.lengths:
+            decompose(length, args, device)
 
 
 if __name__ == "__main__":

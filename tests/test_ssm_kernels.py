@@ -228,6 +228,20 @@ def test_layer_with_fused_kernels_equals_torch_layer_in_float64(kind, bidirectio
         torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
 
 
+def test_speed_benchmark_verifies_and_prints_every_soma(capsys):
+    from benchmarks.neuron_speed import SOMAS, main
+
+    main(["--lengths", "16", "--batch", "1", "--width", "2", "--d-state", "4", "--repeats", "1", "--warmup", "0",
+          "--verify", "--decompose"] + ([] if runtime.interpreter_on() or DEVICE.type == "cuda" else ["--device", "cpu"]))
+    out = capsys.readouterr().out
+    fused = runtime.triton_unavailable(DEVICE) is None
+    assert ("verify: FAIL" not in out) and (out.count("verify: ok") == 4 if fused else "verify: skipped" in out)
+    for name in SOMAS:
+        if fused or "fused" not in name:
+            assert f"    16 {name}" in out
+    assert "soma" in out and "mix" in out and "    16 floor" in out
+
+
 def test_implementation_switch(monkeypatch):
     with pytest.raises(UserError, match="neuron.implementation"):
         make_ssm_neuron("sdn", implementation="cupy")
