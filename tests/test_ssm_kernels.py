@@ -228,6 +228,34 @@ def test_layer_with_fused_kernels_equals_torch_layer_in_float64(kind, bidirectio
         torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
 
 
+def test_autotuned_launches(monkeypatch):
+    """The CUDA launch path (autotuner, grid from the chosen config) with one config each: the interpreter cannot
+    time configurations, but the launch code runs as it does on a GPU."""
+    import triton
+
+    from spiking_ssm.kernels import soma, vandermonde
+
+    def one(kernel, key, **config):
+        return triton.autotune(configs=[triton.Config(config, num_warps=1)], key=key)(kernel)
+
+    for module in (soma, vandermonde):
+        monkeypatch.setattr(module, "_tuned", lambda device: True)
+    monkeypatch.setattr(soma, "_sdn_forward_tuned", one(soma._sdn_forward_kernel, ["L_CLASS"], BLOCK=16))
+    monkeypatch.setattr(soma, "_sltt_forward_tuned", one(soma._sltt_forward_kernel, ["L_CLASS"], ROWS=4, CHUNK=4))
+    monkeypatch.setattr(vandermonde, "_forward_tuned", one(vandermonde._vandermonde_forward_kernel, ["L_CLASS"],
+                                                           BLOCK=16))
+    y = _currents(37, torch.float32, "bhl", seed=13)
+    sltt = make_ssm_neuron("sltt", implementation="triton")
+    assert torch.equal(sltt(y), make_ssm_neuron("sltt", implementation="torch")(y))
+    reference = _random_sdn_neuron("torch")
+    z = reference.membrane(y) + y - 1.0
+    assert not ((_random_sdn_neuron("triton")(y) != reference(y)) & (z.abs() > 1e-5)).any()
+    coeff = torch.randn(2, 3, 4, dtype=torch.complex64).to(DEVICE)
+    dtA = torch.complex(-torch.rand(3, 4), torch.randn(3, 4)).to(DEVICE)
+    torch.testing.assert_close(fused_vandermonde_kernel(coeff, dtA, 37), vandermonde_kernel(coeff, dtA, 37),
+                               rtol=1e-5, atol=1e-5)
+
+
 def test_speed_benchmark_verifies_and_prints_every_soma(capsys):
     from benchmarks.neuron_speed import SOMAS, main
 

@@ -12,7 +12,9 @@ multiply: the SDN soma passes no gradient through its membrane estimate, and SLT
 - SLTT: the exact LIF ``h_t = tau u_{t-1} + y_t``, ``s_t = H(h_t - v_th)``, ``u_t = h_t (1 - s_t)`` scanned along
   the row, ``z = h_t - v_th``; one program per block of rows, time unrolled in chunks so loads run ahead.
 
-Arithmetic is float32 (float64 for float64 inputs); spikes and factors are stored in the input's dtype.
+Arithmetic is float32 (float64 for float64 inputs); spikes and factors are stored in the input's dtype. On CUDA the
+launch sizes are autotuned once per power-of-two class of rows and of length (``N_CLASS``, ``L_CLASS``: batches
+padded to their own length do not retune at every new length).
 The torch references are :class:`spiking_ssm.neurons.SDNNeuron` and :class:`SLTTLIFNeuron` with
 ``implementation="torch"``; tests compare them through Triton's CPU interpreter.
 """
@@ -57,7 +59,7 @@ if triton is not None:
         return tl.where(az > 1.0 / alpha, 0.0, alpha - alpha * alpha * az)
 
     @triton.jit
-    def _sdn_forward_kernel(y_ptr, s_ptr, g_ptr, w_ptr, L, y_row, y_time, o_row, o_time,
+    def _sdn_forward_kernel(y_ptr, s_ptr, g_ptr, w_ptr, L, y_row, y_time, o_row, o_time, N_CLASS, L_CLASS,
                             BLOCK: tl.constexpr, STORE_G: tl.constexpr, F64: tl.constexpr):
         alpha = tl.load(w_ptr + 153)
         row = tl.program_id(0).to(tl.int64)
@@ -99,7 +101,7 @@ if triton is not None:
             tl.store(g_ptr + out, _surrogate_factor(z, alpha).to(g_ptr.dtype.element_ty), mask=inside)
 
     @triton.jit
-    def _sltt_forward_kernel(y_ptr, s_ptr, g_ptr, v_ptr, p_ptr, N, L, y_row, y_time, o_row, o_time,
+    def _sltt_forward_kernel(y_ptr, s_ptr, g_ptr, v_ptr, p_ptr, N, L, y_row, y_time, o_row, o_time, N_CLASS, L_CLASS,
                              ROWS: tl.constexpr, CHUNK: tl.constexpr, STORE_G: tl.constexpr,
                              STORE_V: tl.constexpr, F64: tl.constexpr):
         tau, v_threshold, alpha = tl.load(p_ptr), tl.load(p_ptr + 1), tl.load(p_ptr + 2)
@@ -131,11 +133,11 @@ if triton is not None:
 
     _sdn_forward_tuned = triton.autotune(
         configs=_configs(BLOCK=[128, 256, 256, 512, 1024], warps=[4, 4, 8, 8, 8]),
-        key=["L", "STORE_G", "F64"],
+        key=["N_CLASS", "L_CLASS", "STORE_G", "F64"],
     )(_sdn_forward_kernel)
     _sltt_forward_tuned = triton.autotune(
         configs=_configs(ROWS=[32, 32, 64, 128, 128], CHUNK=[8, 16, 8, 8, 16], warps=[1, 1, 2, 4, 4]),
-        key=["N", "L", "STORE_G", "STORE_V", "F64"],
+        key=["N_CLASS", "L_CLASS", "STORE_G", "STORE_V", "F64"],
     )(_sltt_forward_kernel)
 
 
@@ -231,7 +233,7 @@ def _launch_sdn(y: torch.Tensor, params: torch.Tensor, store_g: bool, _store_v: 
     if n and length:
         f64 = rows.dtype == torch.float64
         args = (rows, spikes, factor, params, length, rows.stride(0), rows.stride(1), spikes.stride(0),
-                spikes.stride(1))
+                spikes.stride(1), n.bit_length(), length.bit_length())
         if _tuned(rows.device):
             _sdn_forward_tuned[lambda meta: (n, triton.cdiv(length, meta["BLOCK"]))](*args, STORE_G=store_g, F64=f64)
         else:
@@ -245,7 +247,7 @@ def _launch_sltt(y: torch.Tensor, params: torch.Tensor, store_g: bool, store_v: 
     spikes, factor, membrane = _outputs(rows, store_g, store_v)
     if n and length:
         args = (rows, spikes, factor, membrane, params, n, length, rows.stride(0), rows.stride(1), spikes.stride(0),
-                spikes.stride(1))
+                spikes.stride(1), n.bit_length(), length.bit_length())
         flags = dict(STORE_G=store_g, STORE_V=store_v, F64=rows.dtype == torch.float64)
         if _tuned(rows.device):
             _sltt_forward_tuned[lambda meta: (triton.cdiv(n, meta["ROWS"]),)](*args, **flags)

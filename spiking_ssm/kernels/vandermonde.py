@@ -39,8 +39,8 @@ if triton is not None:
         return magnitude * tl.cos(phase), magnitude * tl.sin(phase)
 
     @triton.jit
-    def _vandermonde_forward_kernel(coeff_ptr, dta_ptr, k_ptr, H, N2, L, C: tl.constexpr, BLOCK: tl.constexpr,
-                                    F64: tl.constexpr):
+    def _vandermonde_forward_kernel(coeff_ptr, dta_ptr, k_ptr, H, N2, L, L_CLASS, C: tl.constexpr,
+                                    BLOCK: tl.constexpr, F64: tl.constexpr):
         h = tl.program_id(0).to(tl.int64)
         l = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
         inside = l < L
@@ -98,7 +98,11 @@ if triton is not None:
         return [triton.Config({"BLOCK": b}, num_warps=w) for b, w in zip(blocks, warps)]
 
     _forward_tuned = triton.autotune(configs=_configs([128, 256, 512, 1024], [4, 4, 4, 8]),
-                                     key=["H", "N2", "L", "C", "F64"])(_vandermonde_forward_kernel)
+                                     key=["H", "N2", "L_CLASS", "C", "F64"])(_vandermonde_forward_kernel)
+
+
+def _tuned(device: torch.device) -> bool:
+    return device.type == "cuda" and not interpreter_on()
 
 
 class _Vandermonde(torch.autograd.Function):
@@ -110,8 +114,8 @@ class _Vandermonde(torch.autograd.Function):
         k = coeff.new_empty(C, H, length)
         f64 = coeff.dtype == torch.float64
         if H and length:
-            args = (coeff, dta, k, H, N2, length)
-            if coeff.device.type == "cuda" and not interpreter_on():
+            args = (coeff, dta, k, H, N2, length, length.bit_length())  # autotuned per power-of-two class of L
+            if _tuned(coeff.device):
                 _forward_tuned[lambda meta: (H, triton.cdiv(length, meta["BLOCK"]))](*args, C=C, F64=f64)
             else:
                 _vandermonde_forward_kernel[(H, triton.cdiv(length, BLOCK))](*args, C=C, BLOCK=BLOCK, F64=f64)
