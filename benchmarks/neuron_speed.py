@@ -18,7 +18,9 @@ S4D kernel where it runs. Fused rows need CUDA (or ``TRITON_INTERPRET=1``, meani
 Columns: median milliseconds of the soma alone (on [L, B, H] currents seen as the layer's [B, H, L] memory) and of
 the whole layer; the layer's speed-up over ``lif sj`` and over ``bptt loop``. ``floor`` is the memory floor of a
 soma: reading y and writing s forward, reading ds and writing dy backward, at the copy bandwidth measured here.
-Peak memory of a layer step is printed on CUDA. The paper reports 7.5x (1K) to 101x (8K) over its BPTT.
+Peak memory of a layer step is printed on CUDA. ``--amp`` runs the layers under autocast as ``trainer=gpu`` does
+(the somas alone stay float32: the FFT hands them float32 currents). The paper reports 7.5x (1K) to 101x (8K) over
+its BPTT.
 """
 
 from __future__ import annotations
@@ -104,9 +106,17 @@ def build_layer(name: str, args, device: torch.device) -> SpikingSSM:
                       s4d_implementation=s4d).to(device)
 
 
-def layer_step(layer, x: torch.Tensor, upstream: torch.Tensor):
+def autocast(args, device: torch.device):
+    """Mixed precision as ``trainer=gpu`` trains (fp16 on CUDA, bf16 on CPU) with ``--amp``, else nothing."""
+    dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
+    return torch.autocast(device.type, dtype=dtype, enabled=bool(args.amp))
+
+
+def layer_step(layer, x: torch.Tensor, upstream: torch.Tensor, args, device: torch.device):
     def step():
-        layer(x).backward(upstream)
+        with autocast(args, device):
+            out = layer(x)
+        out.backward(upstream.to(out.dtype))
         reset_net(layer)
         layer.zero_grad(set_to_none=True)
         x.grad = None
@@ -158,8 +168,9 @@ def measure_length(length: int, args, device: torch.device, bandwidth: float) ->
         repeats = min(args.repeats, 3) if SOMAS[name][3] else args.repeats
         strided = getattr(layer.neuron, "accepts_strided_input", False)
         soma = median_seconds(soma_step(layer.neuron, y_view, up_view, not strided), device, repeats, args.warmup)
-        whole = median_seconds(layer_step(layer, x, upstream), device, repeats, args.warmup)
-        rows[name] = (soma, whole, peak_bytes(layer_step(layer, x, upstream), device))
+        step = layer_step(layer, x, upstream, args, device)
+        whole = median_seconds(step, device, repeats, args.warmup)
+        rows[name] = (soma, whole, peak_bytes(step, device))
         del layer
     floor = 4 * y.numel() * y.element_size() / bandwidth
     for name, (soma, whole, peak) in rows.items():
@@ -196,13 +207,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--loop-max-length", type=int, default=LOOP_MAX_LENGTH,
                         help="skip the Python-loop somas above this length")
     parser.add_argument("--decompose", action="store_true", help="also time each part of the layer")
+    parser.add_argument("--amp", action="store_true", help="run the layers under autocast (fp16 on CUDA), as trainer=gpu")
     parser.add_argument("--verify", action="store_true", help="compare the fused kernels with torch first")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU x{torch.get_num_threads()} threads"
     print(f"device: {name}; torch {torch.__version__}; one SpikingSSM layer (bidirectional), batch {args.batch}, "
-          f"width {args.width}, d_state {args.d_state}; median of {args.repeats} forward+backward passes "
+          f"width {args.width}, d_state {args.d_state}{', autocast' if args.amp else ''}; median of {args.repeats} "
+          f"forward+backward passes "
           f"(Python loops: at most 3) after {args.warmup} warm-up")
     reason = triton_unavailable(device)
     if reason:
