@@ -290,6 +290,19 @@ class FoldedSparseMLP(nn.Module):
             x = stage(x)
         return self.head(x)
 
+    def mfi_audit(self, ops: dict) -> dict:
+        """The multiplications left, from an ``OpCounter.compute()`` result (:func:`mixer_snn.mfi.audit`)."""
+        from mixer_snn.mfi import audit
+
+        return audit(self, ops)
+
+    @staticmethod
+    def format_mfi_audit(result: dict) -> str:
+        """Console text of :meth:`mfi_audit` (:func:`mixer_snn.mfi.format_audit`)."""
+        from mixer_snn.mfi import format_audit
+
+        return format_audit(result)
+
 
 def fold_model(model: SparseMLPSNN, position_bn: str = "threshold") -> FoldedSparseMLP:
     """Fold every BN of ``model`` (left untouched) into its weights; see the module docstring."""

@@ -7,21 +7,16 @@ conv/linear/scale) and lists every layer that still performs true multiplication
 with the reason. Neuron updates (the leak of LIF with tau = 2 is a shift) and additions are not
 multiplications of the synaptic kind and are not listed.
 
-:func:`compare_logits` measures the largest logit difference between the folded and the unfolded model.
+:func:`snn_engine.evaluation.compare_logits` measures the largest logit difference between the folded and the
+unfolded model.
 """
 
 from __future__ import annotations
 
-import contextlib
-
-import torch
-from spikingjelly.activation_based.functional import reset_net
 from torch import nn
-from torch.utils.data import DataLoader
 
 from mixer_snn.fold import FoldedLIFHead, FoldedSparseMLP
 from mixer_snn.folded import FoldedConv, PositionScale, SpikeAffine
-from snn_engine.evaluation import to_device
 
 REASONS = {
     FoldedConv: "first layer: the conv reads real-valued image pixels (the paper's one exception)",
@@ -83,28 +78,3 @@ def format_audit(result: dict) -> str:
         lines.append(f"  folded vs unfolded: max |logit difference| {result['max_logit_diff']:.3g}, "
                      f"same prediction on {100 * result['prediction_agreement']:.2f}% of samples")
     return "\n".join(lines)
-
-
-@torch.no_grad()
-def compare_logits(model: nn.Module, folded: nn.Module, loader: DataLoader, device: torch.device,
-                   dtype: torch.dtype | None = None, autocast: contextlib.AbstractContextManager | None = None,
-                   limit_batches: int = 0) -> dict:
-    """Max |logit difference| (over steps, samples, classes) and prediction agreement of two models.
-
-    Returns ``{"max_logit_diff": float, "prediction_agreement": fraction, "compared_samples": int}``.
-    """
-    model.eval()
-    folded.eval()
-    worst, agree, count = 0.0, 0, 0
-    for i, (x, _) in enumerate(loader):
-        if limit_batches and i >= limit_batches:
-            break
-        x = to_device(x, device, dtype)
-        with autocast or contextlib.nullcontext():
-            a, b = model(x), folded(x)
-        reset_net(model)
-        reset_net(folded)
-        worst = max(worst, float((a.double() - b.double()).abs().max()))
-        agree += int((a.mean(0).argmax(-1) == b.mean(0).argmax(-1)).sum())
-        count += a.shape[1]
-    return {"max_logit_diff": worst, "prediction_agreement": agree / max(count, 1), "compared_samples": count}

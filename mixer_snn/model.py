@@ -174,6 +174,20 @@ class SparseMLPSNN(nn.Module):
         """Images ``[B, C, H, W]`` (repeated T times) or ``[T, B, C, H, W]`` -> logits ``[T, B, num_classes]``."""
         return self.forward_head(self.forward_features(x))
 
+    # the engine's multiplication-free-inference protocol (eval.py mfi=true / nir=true; see snn_engine.report)
+
+    def fold_for_inference(self, position_bn: str = "threshold") -> nn.Module:
+        """The BN-free inference form (:func:`mixer_snn.fold.fold_model`); it offers ``mfi_audit``."""
+        from mixer_snn.fold import fold_model
+
+        return fold_model(self, position_bn)
+
+    def export_nir(self, path, position_bn: str = "threshold"):
+        """Write the folded model as a NIR graph (:func:`mixer_snn.nir_export.export_nir`); returns the graph."""
+        from mixer_snn.nir_export import export_nir
+
+        return export_nir(self, path, position_bn=position_bn)
+
 
 _PAPER = dict(depths=(2, 8, 14, 2), alpha=3, patch_size=4, img_size=224)
 PRESETS: dict[str, dict[str, Any]] = {

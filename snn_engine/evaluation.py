@@ -1,4 +1,4 @@
-"""Evaluation of a classifier on a loader: loss, top-1/top-5 and per-layer firing rates."""
+"""Evaluation of a classifier on a loader: loss, top-1/top-5 and per-layer firing rates; logits of two models compared."""
 
 from __future__ import annotations
 
@@ -52,3 +52,28 @@ def evaluate_model(model: nn.Module, loader: DataLoader, device: torch.device, d
     model.train(was_training)
     result = {**meter.compute(device), "firing_rate": firing}
     return {**result, "spikes": spikes} if detailed else result
+
+
+@torch.no_grad()
+def compare_logits(model: nn.Module, folded: nn.Module, loader: DataLoader, device: torch.device,
+                   dtype: torch.dtype | None = None, autocast: contextlib.AbstractContextManager | None = None,
+                   limit_batches: int = 0) -> dict:
+    """Max |logit difference| (over steps, samples, classes) and prediction agreement of two models.
+
+    Returns ``{"max_logit_diff": float, "prediction_agreement": fraction, "compared_samples": int}``.
+    """
+    model.eval()
+    folded.eval()
+    worst, agree, count = 0.0, 0, 0
+    for i, (x, _) in enumerate(loader):
+        if limit_batches and i >= limit_batches:
+            break
+        x = to_device(x, device, dtype)
+        with autocast or contextlib.nullcontext():
+            a, b = model(x), folded(x)
+        reset_net(model)
+        reset_net(folded)
+        worst = max(worst, float((a.double() - b.double()).abs().max()))
+        agree += int((a.mean(0).argmax(-1) == b.mean(0).argmax(-1)).sum())
+        count += a.shape[1]
+    return {"max_logit_diff": worst, "prediction_agreement": agree / max(count, 1), "compared_samples": count}

@@ -25,8 +25,9 @@ the time axis of a model repeating a static input T times (``[T*B, ...]`` or ``[
 by T; a layer that sees the static input once (a stem on ``[B, C, H, W]``) is not. Count in ``eval()`` mode:
 training-mode dropout rescales spikes to non-binary values, which would then be counted as MACs.
 
-Convention ``"ssm_paper"`` (the SpikingSSM paper): only the 1x1 mixing convs ``SpikingSSM.output_linear`` are
-counted, as AC for the SNN and as MAC for the ANN (e.g. WT103, L = 8K, 16 layers, 1024 -> 2048: 275.2 G MAC
+Convention ``"ssm_paper"`` (the SpikingSSM paper): only the modules a model names through
+``module.ops_targets("ssm_paper") -> [(name, submodule)]`` are counted, i.e. the 1x1 mixing convs
+``SpikingSSM.output_linear``, as AC for the SNN and as MAC for the ANN (e.g. WT103, L = 8K, 16 layers, 1024 -> 2048: 275.2 G MAC
 x 4.6 pJ for the ANN; with 73.6 % sparsity 72.66 G AC x 0.9 pJ for the SNN).
 """
 
@@ -216,14 +217,13 @@ class OpCounter:
 
     def _targets(self) -> list[tuple[str, nn.Module]]:
         """(name, module) pairs counted under the convention; the model itself is named by its class."""
-        if self.convention == "ssm_paper":
-            from spiking_ssm.layer import SpikingSSM  # only this convention needs the SpikingSSM model
-
-            found = [(f"{n}.output_linear" if n else "output_linear", m.output_linear)
-                     for n, m in self.model.named_modules() if isinstance(m, SpikingSSM)]
+        if self.convention != "full":  # a family names what its paper counts: module.ops_targets(convention)
+            found = [(f"{n}.{suffix}" if n else suffix, target) for n, m in self.model.named_modules()
+                     if callable(getattr(m, "ops_targets", None)) for suffix, target in m.ops_targets(self.convention)]
             if not found:
-                raise UserError("convention='ssm_paper' counts SpikingSSM.output_linear only and this model has "
-                                "none; use convention='full'")
+                raise UserError(f"convention={self.convention!r} counts only the modules a model names for it "
+                                "(e.g. SpikingSSM.output_linear for 'ssm_paper') and this model has none; "
+                                "use convention='full'")
             return found
         return [(n or type(m).__name__, m) for n, m in self.model.named_modules()
                 if callable(getattr(m, "count_ops", None)) or isinstance(m, _GENERIC)]

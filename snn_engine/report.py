@@ -2,9 +2,15 @@
 
 :func:`spike_report` evaluates a model (or, with ``mfi=true``, its BN-folded inference form) on the
 validation loader while counting spikes per neuron (:class:`~snn_engine.metrics.FiringRateMeter`) and
-synaptic operations (:class:`~snn_engine.ops.OpCounter`), then, for a folded sparse-MLP, audits the
-remaining multiplications and compares its logits with the unfolded model, and writes PNG figures.
-Model-family code (the folding) is imported only when ``mfi=true``.
+synaptic operations (:class:`~snn_engine.ops.OpCounter`), then, for a folded model, audits the remaining
+multiplications and compares its logits with the unfolded model, and writes PNG figures.
+
+The engine knows no model family. A model offers multiplication-free inference through a small protocol:
+
+- ``model.fold_for_inference(position_bn) -> folded`` (``mfi=true``), where ``folded.mfi_audit(ops) -> dict``
+  lists the multiplications left and ``folded.format_mfi_audit(result) -> str`` prints them;
+- ``model.export_nir(path, position_bn) -> graph`` (``nir=true``, optional);
+- a model without them may say why in ``model.mfi_unavailable`` (a sentence).
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from snn_engine.errors import UserError
-from snn_engine.evaluation import evaluate_model, to_device
+from snn_engine.evaluation import compare_logits, evaluate_model, to_device
 from snn_engine.metrics import format_rate_table
 from snn_engine.ops import OpCounter, format_ops_table
 
@@ -34,24 +40,20 @@ def time_steps_of(model: nn.Module) -> int:
 
 
 def is_foldable_family(model: nn.Module) -> bool:
-    """Whether ``model`` belongs to the family with a BN-folded, multiplication-free form (the sparse-MLP)."""
-    from mixer_snn.model import SparseMLPSNN
-
-    return isinstance(model, SparseMLPSNN)
+    """Whether ``model`` has a BN-folded, multiplication-free inference form (``fold_for_inference``)."""
+    return callable(getattr(model, "fold_for_inference", None))
 
 
 def not_applicable(model: nn.Module) -> str:
-    return (f"MFI does not apply to {type(model).__name__}: its S4D dendrites, GLU and norms multiply real values by "
-            "design (they are MACs in the operation table); only the sparse-MLP folds into a multiplication-free model")
+    reason = getattr(model, "mfi_unavailable", None) or "it has no folded inference form (fold_for_inference)"
+    return f"MFI does not apply to {type(model).__name__}: {reason}"
 
 
 def fold_for_inference(model: nn.Module, position_bn: str) -> nn.Module:
-    """The BN-folded inference model of a sparse-MLP (``mfi=true`` / ``nir=true``)."""
+    """The model's BN-folded inference form (``mfi=true`` / ``nir=true``)."""
     if not is_foldable_family(model):
-        raise UserError(f"nir=true exports the folded sparse-MLP (mixer_snn); {not_applicable(model)}")
-    from mixer_snn.fold import fold_model
-
-    return fold_model(model, position_bn)
+        raise UserError(f"nir=true exports a folded multiplication-free model; {not_applicable(model)}")
+    return model.fold_for_inference(position_bn)
 
 
 def spike_report(cfg: DictConfig, model: nn.Module, loader: DataLoader, device: torch.device,
@@ -75,11 +77,10 @@ def spike_report(cfg: DictConfig, model: nn.Module, loader: DataLoader, device: 
     report = {"val": {k: v for k, v in val.items() if k != "spikes"}, "spikes": val["spikes"],
               "ops": counter.compute(device)}
     if folded is not None:
-        from mixer_snn.mfi import audit, compare_logits
-
-        report["mfi"] = {**audit(folded, report["ops"]),
+        report["mfi"] = {**folded.mfi_audit(report["ops"]),
                          **compare_logits(model, folded, loader, device, dtype, autocast,
                                           limit_batches=int(cfg.mfi_compare_batches))}
+        report["mfi_text"] = folded.format_mfi_audit(report["mfi"])
     elif cfg.mfi:
         report["mfi"] = {"applicable": False, "reason": not_applicable(model)}
     if cfg.get("nir") and is_main:
@@ -90,14 +91,14 @@ def spike_report(cfg: DictConfig, model: nn.Module, loader: DataLoader, device: 
 
 
 def export_nir_graph(model: nn.Module, path: Path, position_bn: str) -> dict:
-    """Write the folded sparse-MLP as a NIR graph (``nir=true``); ``{"path", "nodes", "dense_params"}``."""
-    fold_for_inference(model, position_bn)  # the family check and its message
+    """Write the folded model as a NIR graph (``nir=true``); ``{"path", "nodes", "dense_params"}``."""
+    if not callable(getattr(model, "export_nir", None)):
+        raise UserError(f"nir=true exports a folded multiplication-free model; {not_applicable(model)}")
     try:
-        from mixer_snn.nir_export import export_nir
+        graph = model.export_nir(path, position_bn)
     except ModuleNotFoundError as missing:
         raise UserError(f"nir=true needs the NIR package ({missing.name} is missing): install the extra with "
                         "`uv sync --extra nir`") from None
-    graph = export_nir(model, path, position_bn=position_bn)
     log.info("wrote the folded model as a NIR graph of %d nodes to %s", len(graph.nodes), path)
     return {"path": str(path), "nodes": len(graph.nodes), "dense_params": graph.metadata.get("dense_params")}
 
@@ -119,15 +120,14 @@ def write_figures(model: nn.Module, loader: DataLoader, device: torch.device, dt
 
 
 def format_report(report: dict) -> str:
-    """The console text: firing-rate table, AC/MAC/energy table and (mfi=true) the MFI audit."""
+    """The console text: firing-rate table, AC/MAC/energy table and (mfi=true) the MFI audit, as the folded
+    model's ``format_mfi_audit`` wrote it (``report["mfi_text"]``, set by :func:`spike_report`)."""
     parts = ["firing rates (spikes per neuron per step):", format_rate_table(report["spikes"]),
              "", "synaptic operations and energy per sample:", format_ops_table(report["ops"])]
     if report.get("mfi", {}).get("applicable") is False:
         parts += ["", f"MFI audit: {report['mfi']['reason']}"]
     elif "mfi" in report:
-        from mixer_snn.mfi import format_audit
-
-        parts += ["", format_audit(report["mfi"])]
+        parts += ["", report["mfi_text"]]
     return "\n".join(parts)
 
 

@@ -77,6 +77,10 @@ def _valid_mask(lengths: torch.Tensor | None, batch: int, length: int, device) -
 class _Encoded(nn.Module):
     """Shared encoder + backbone + pooling of the classifier and the retrieval model."""
 
+    # read by the engine's multiplication-free-inference report (eval.py mfi=true)
+    mfi_unavailable = ("its S4D dendrites, GLU and norms multiply real values by design (they are MACs in the "
+                       "operation table); only the sparse-MLP folds into a multiplication-free model")
+
     def _build(self, neuron, d_input, d_model, vocab_size, pool, backbone_kwargs):
         if pool not in ("mean",):
             raise UserError(f"model.pool={pool!r}; only 'mean' is implemented")

@@ -129,6 +129,11 @@ class SpikingSSM(nn.Module):
             raise ValueError(f"SpikingSSM expects [B, H={self.d_model}, L], got {tuple(u.shape)}")
         return self.mix(self.spikes(u))
 
+    def ops_targets(self, convention: str) -> list[tuple[str, nn.Module]]:
+        """What :class:`snn_engine.ops.OpCounter` counts under a paper's convention: the SpikingSSM paper
+        (``ssm_paper``) counts the 1x1 mixing conv only."""
+        return [("output_linear", self.output_linear)] if convention == "ssm_paper" else []
+
     def count_ops(self, inputs: tuple, output: torch.Tensor, ctx: OpContext) -> OpCount:
         """MACs of this layer's own real-valued work on u [B, H, L] (children count themselves).
 

@@ -226,3 +226,20 @@ def test_sequence_models_and_custom_spiking_modules_are_supported():
     assert set(result["firing_rate"]) == {"spike", "mean", "overall", "sparsity"}
     assert 0.0 < result["firing_rate"]["overall"] < 1.0
     assert result["firing_rate"]["sparsity"] == pytest.approx(1 - result["firing_rate"]["overall"])
+
+
+FAMILIES = ("mixer_snn", "spiking_ssm")
+
+
+def test_engine_imports_no_model_family(repo):
+    """The dependency goes one way: families import the engine, the engine asks models through protocols
+    (fold_for_inference, mfi_audit, export_nir, ops_targets, count_ops, implementation_for)."""
+    import ast
+
+    offenders = []
+    for path in sorted((repo / "snn_engine").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            offenders += [f"{path.relative_to(repo)}: {n}" for n in names if n.split(".")[0] in FAMILIES]
+    assert not offenders, offenders

@@ -11,7 +11,8 @@ from torch import nn
 
 from mixer_snn.fold import fold_model
 from mixer_snn.folded import ThresholdNeuron
-from mixer_snn.mfi import audit, compare_logits, format_audit
+from mixer_snn.mfi import audit, format_audit
+from snn_engine.evaluation import compare_logits
 from mixer_snn.model import SparseMLPSNN
 from snn_engine.errors import UserError
 from snn_engine.metrics import FiringRateMeter
