@@ -1,7 +1,9 @@
-"""torch.distributed plumbing: process groups from torchrun, samplers, reductions, SyncBatchNorm.
+"""torch.distributed plumbing: process groups from torchrun or SLURM, samplers, reductions, SyncBatchNorm.
 
 Launch several processes with ``torchrun --nproc_per_node=8 train.py ...`` (several nodes:
-``--nnodes=N --node_rank=i --rdzv_endpoint=HOST:PORT``). NCCL is used on GPUs, gloo on CPU.
+``--nnodes=N --node_rank=i --rdzv_endpoint=HOST:PORT``), or submit SLURM jobs through Hydra's submitit launcher
+(``python train.py -m hydra/launcher=slurm ...``, the ``slurm`` extra): each SLURM task is one rank, and
+:func:`setup` turns submitit's job environment into torchrun's variables. NCCL is used on GPUs, gloo on CPU.
 """
 
 from __future__ import annotations
@@ -52,8 +54,24 @@ def resolve_device(accelerator: str, local_rank: int = 0) -> torch.device:
     raise UserError(f"unknown trainer.accelerator={accelerator!r}; choose auto, cpu or cuda")
 
 
+def export_submitit_env() -> bool:
+    """Inside a multi-task submitit job (SLURM, or its local executor) without torchrun's variables, export
+    ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR`` and ``MASTER_PORT`` from the job environment
+    (the first node's host, a port derived from the job id). Returns whether it did."""
+    if "WORLD_SIZE" in os.environ or not os.environ.get("SUBMITIT_EXECUTOR"):
+        return False
+    from submitit.helpers import TorchDistributedEnvironment
+
+    job = TorchDistributedEnvironment()
+    if job.world_size < 2:
+        return False
+    job.export(set_cuda_visible_devices=False)
+    return True
+
+
 def setup(accelerator: str) -> DistEnv:
-    """Join the process group that torchrun describes in the environment (or run alone)."""
+    """Join the process group that torchrun (or a submitit job) describes in the environment, or run alone."""
+    export_submitit_env()
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
