@@ -8,6 +8,10 @@ and gives every BN a contiguous view with a long inner axis, which is what the C
 
 ``neuron`` is a zero-argument factory returning a fresh multi-step spiking module; it is called once per
 spiking layer.
+
+Every map that reads spikes (the token matmuls, ``fuse``, ``fc1``, ``fc2``, the SPE convs after a neuron) runs
+through :func:`snn_engine.spike_memory.spike_input`, which saves its binary input for backward as one byte per
+spike instead of a float.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from torch import nn
 
 from mixer_snn.norms import BatchNormT, ChannelMLPNorm, TokenAxisNorm
 from snn_engine.ops import OpContext, OpCount, linear_ops
+from snn_engine.spike_memory import spike_input
 
 NeuronFactory = Callable[[], nn.Module]
 
@@ -90,9 +95,14 @@ class PatchCell(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         a1, a2, a3 = self.cell2node(x).chunk(3, dim=-1)
         a1 = a1.contiguous()
-        node2 = a2 + self.node1_to_node2(self.lif_a(a1))
-        node3 = a3 + a1 + self.node2_to_node3(self.lif_b(node2))
+        node2 = a2 + spike_input(self.node1_to_node2, self.lif_a(a1))
+        node3 = a3 + a1 + spike_input(self.node2_to_node3, self.lif_b(node2))
         return torch.cat((a1, node2, node3), dim=-1)
+
+
+def _left_matmul(rows: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """``weight @ rows`` (the token projection), with the spike operand first for :func:`spike_input`."""
+    return torch.matmul(weight, rows)
 
 
 class TokenMixing(nn.Module):
@@ -114,7 +124,7 @@ class TokenMixing(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         T, B, H, W, C = x.shape
         rows = x.reshape(T * B, H, W * C) if self.axis == "h" else x.reshape(T * B * H, W, C)
-        y = torch.matmul(self.proj.weight, rows) + self.proj.bias[:, None]
+        y = spike_input(_left_matmul, rows, self.proj.weight) + self.proj.bias[:, None]
         return self.lif(self.norm(y.view(T * B, H, W, C)).view(T, B, H, W, C))
 
     def count_ops(self, inputs: tuple, output: torch.Tensor, ctx: OpContext) -> OpCount:
@@ -148,7 +158,7 @@ class TokenBlock(nn.Module):
         identity = x
         if self.identity_norm is not None:
             identity = self.identity_lif(self.identity_norm(x.reshape(-1, C)).view(x.shape))
-        fused = self.fuse(torch.cat((identity, self.mix_h(x), self.mix_w(x)), dim=-1))
+        fused = spike_input(self.fuse, torch.cat((identity, self.mix_h(x), self.mix_w(x)), dim=-1))
         return self.fuse_norm(fused.view(-1, C)).view(x.shape)
 
 
@@ -170,8 +180,8 @@ class ChannelBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         T, B = x.shape[:2]
-        z = self.lif(self.norm1(self.fc1(x).flatten(0, 1)).unflatten(0, (T, B)))
-        return self.norm2(self.fc2(z).flatten(0, 1)).unflatten(0, (T, B))
+        z = self.lif(self.norm1(spike_input(self.fc1, x).flatten(0, 1)).unflatten(0, (T, B)))
+        return self.norm2(spike_input(self.fc2, z).flatten(0, 1)).unflatten(0, (T, B))
 
 
 class MixerBlock(nn.Module):

@@ -1,0 +1,84 @@
+"""Bytes a training forward of a sparse-MLP saves for backward (the CPU proxy of its GPU activation memory).
+
+    python benchmarks/saved_bytes.py                          # MLP-SPE-T, 224 px, batch 1, T = 4, float32
+    python benchmarks/saved_bytes.py --model sparse_mlp_b --T 6
+
+Counts every tensor storage autograd keeps from one forward pass (each storage once), with the spike inputs of the
+synaptic maps saved as booleans (``snn_engine.spike_memory``, the default) and as floats (what autograd does by
+itself), measured in the same run, and splits the total by the module that saved it. For reference, the issue that
+set the target measured the official mixer-snn model at 1191.0 MiB under the same setting (SpikingJelly 2.0
+neurons, CPU, float32); the target is 0.8x that, 953 MiB.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import functools
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from mixer_snn import model as presets  # noqa: E402
+from snn_engine import spike_memory  # noqa: E402
+from snn_engine.neurons import make_neuron  # noqa: E402
+
+MIB = 2**20
+
+
+def saved_bytes(model: torch.nn.Module, x: torch.Tensor) -> tuple[int, collections.Counter]:
+    """Total bytes of the storages saved for backward by ``model(x)``, and the same split by module class."""
+    stack: list[str] = []
+    kinds = {name: type(module).__name__ for name, module in model.named_modules()}
+    handles = []
+    for name, module in model.named_modules():
+        handles.append(module.register_forward_pre_hook(lambda m, i, name=name: stack.append(name)))
+        handles.append(module.register_forward_hook(lambda m, i, o: stack.pop() and None))
+    seen: dict[int, int] = {}
+    by_kind: collections.Counter = collections.Counter()
+
+    def count(t: torch.Tensor) -> torch.Tensor:
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in seen:
+            seen[storage.data_ptr()] = storage.nbytes()
+            by_kind[kinds.get(stack[-1] if stack else "", "?")] += storage.nbytes()
+        return t
+
+    spike_memory.pack_observers.append(count)  # the booleans stored in place of spikes
+    try:
+        with torch.autograd.graph.saved_tensors_hooks(count, lambda t: t):
+            model(x)
+    finally:
+        spike_memory.pack_observers.remove(count)
+        for handle in handles:
+            handle.remove()
+    return sum(seen.values()), by_kind
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="sparse_mlp_t", choices=sorted(presets.PRESETS))
+    parser.add_argument("--img-size", type=int, default=None, help="default: the preset's")
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--T", type=int, default=4)
+    args = parser.parse_args(argv)
+    neuron = functools.partial(make_neuron, kind="lif", tau=2.0, decay_input=True, surrogate="sigmoid", alpha=4.0)
+    overrides = {"T": args.T} | ({"img_size": args.img_size} if args.img_size else {})
+    model = presets.create_model(args.model, neuron, num_classes=1000, **overrides)
+    size = model.img_size
+    x = torch.randn(args.batch, 3, size, size, generator=torch.Generator().manual_seed(0))
+    print(f"{args.model}, {size} px, batch {args.batch}, T = {args.T}, float32 on CPU: bytes saved for backward")
+    totals = {}
+    for compact in (False, True):
+        spike_memory.set_enabled(compact)
+        totals[compact], by_kind = saved_bytes(model, x)
+        split = ", ".join(f"{kind} {nbytes / MIB:.1f}" for kind, nbytes in by_kind.most_common(6))
+        print(f"  spikes saved as {'bool ' if compact else 'float'}: {totals[compact] / MIB:8.1f} MiB  ({split})")
+    spike_memory.set_enabled(True)
+    print(f"  ratio bool / float: {totals[True] / totals[False]:.3f}")
+
+
+if __name__ == "__main__":
+    main()
