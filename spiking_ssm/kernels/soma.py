@@ -63,7 +63,7 @@ if triton is not None:
                             BLOCK: tl.constexpr, STORE_G: tl.constexpr, F64: tl.constexpr):
         alpha = tl.load(w_ptr + 153)
         row = tl.program_id(0).to(tl.int64)
-        t = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+        t = tl.program_id(1).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)  # 64-bit offsets: large strided tensors
         inside = t < L
         row_ptr = y_ptr + row * y_row
         x0 = _past(row_ptr, t, 8, y_time, inside, F64)

@@ -42,7 +42,7 @@ if triton is not None:
     def _vandermonde_forward_kernel(coeff_ptr, dta_ptr, k_ptr, H, N2, L, L_CLASS, C: tl.constexpr,
                                     BLOCK: tl.constexpr, F64: tl.constexpr):
         h = tl.program_id(0).to(tl.int64)
-        l = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+        l = tl.program_id(1).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
         inside = l < L
         pos = l.to(tl.float64) if F64 else l.to(tl.float32)
         acc0 = tl.zeros([BLOCK], dtype=tl.float64 if F64 else tl.float32)
