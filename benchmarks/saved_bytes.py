@@ -5,7 +5,8 @@
 
 Counts every tensor storage autograd keeps from one forward pass (each storage once), with the spike inputs of the
 synaptic maps saved as booleans (``snn_engine.spike_memory``, the default) and as floats (what autograd does by
-itself), measured in the same run, and splits the total by the module that saved it. For reference, the issue that
+itself), measured in the same run, and splits the total by the module that saved it; then what
+``model.checkpoint_stages=true`` keeps through the forward and holds at most while a stage is recomputed. For reference, the issue that
 set the target measured the official mixer-snn model at 1191.0 MiB under the same setting (SpikingJelly 2.0
 neurons, CPU, float32); the target is 0.8x that, 953 MiB.
 """
@@ -28,8 +29,8 @@ from snn_engine.neurons import make_neuron  # noqa: E402
 MIB = 2**20
 
 
-def saved_bytes(model: torch.nn.Module, x: torch.Tensor) -> tuple[int, collections.Counter]:
-    """Total bytes of the storages saved for backward by ``model(x)``, and the same split by module class."""
+def saved_bytes(model: torch.nn.Module, x: torch.Tensor) -> tuple[int, collections.Counter, collections.Counter]:
+    """Total bytes of the storages saved for backward by ``model(x)``, split by module class and by stage."""
     stack: list[str] = []
     kinds = {name: type(module).__name__ for name, module in model.named_modules()}
     handles = []
@@ -38,12 +39,15 @@ def saved_bytes(model: torch.nn.Module, x: torch.Tensor) -> tuple[int, collectio
         handles.append(module.register_forward_hook(lambda m, i, o: stack.pop() and None))
     seen: dict[int, int] = {}
     by_kind: collections.Counter = collections.Counter()
+    by_stage: collections.Counter = collections.Counter()
 
     def count(t: torch.Tensor) -> torch.Tensor:
         storage = t.untyped_storage()
         if storage.data_ptr() not in seen:
             seen[storage.data_ptr()] = storage.nbytes()
-            by_kind[kinds.get(stack[-1] if stack else "", "?")] += storage.nbytes()
+            name = stack[-1] if stack else ""
+            by_kind[kinds.get(name, "?")] += storage.nbytes()
+            by_stage[".".join(name.split(".")[:2]) if name.startswith("stages.") else "head"] += storage.nbytes()
         return t
 
     spike_memory.pack_observers.append(count)  # the booleans stored in place of spikes
@@ -54,7 +58,7 @@ def saved_bytes(model: torch.nn.Module, x: torch.Tensor) -> tuple[int, collectio
         spike_memory.pack_observers.remove(count)
         for handle in handles:
             handle.remove()
-    return sum(seen.values()), by_kind
+    return sum(seen.values()), by_kind, by_stage
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -70,14 +74,21 @@ def main(argv: list[str] | None = None) -> None:
     size = model.img_size
     x = torch.randn(args.batch, 3, size, size, generator=torch.Generator().manual_seed(0))
     print(f"{args.model}, {size} px, batch {args.batch}, T = {args.T}, float32 on CPU: bytes saved for backward")
-    totals = {}
+    totals, stages = {}, {}
     for compact in (False, True):
         spike_memory.set_enabled(compact)
-        totals[compact], by_kind = saved_bytes(model, x)
+        totals[compact], by_kind, stages[compact] = saved_bytes(model, x)
         split = ", ".join(f"{kind} {nbytes / MIB:.1f}" for kind, nbytes in by_kind.most_common(6))
         print(f"  spikes saved as {'bool ' if compact else 'float'}: {totals[compact] / MIB:8.1f} MiB  ({split})")
-    spike_memory.set_enabled(True)
     print(f"  ratio bool / float: {totals[True] / totals[False]:.3f}")
+    model.checkpoint_stages = True
+    kept, _, _ = saved_bytes(model, x)
+    model.checkpoint_stages = False
+    spike_memory.set_enabled(True)
+    largest = max(v for k, v in stages[False].items() if k != "head")  # recomputed with float spikes
+    print(f"  model.checkpoint_stages=true: {kept / MIB:8.1f} MiB kept through the forward; while the largest stage "
+          f"is recomputed in backward {(kept + largest) / MIB:.1f} MiB ({(kept + largest) / totals[True]:.2f}x the "
+          f"bool total)")
 
 
 if __name__ == "__main__":

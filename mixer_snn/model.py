@@ -28,6 +28,7 @@ from torch import nn
 from mixer_snn.blocks import ConvBN, MixerBlock, NeuronFactory, PatchCell, Stem
 from mixer_snn.norms import CHANNEL_BN_AXES, NORMS, BatchNormT
 from snn_engine.errors import UserError
+from snn_engine.recompute import checkpoint_spiking
 
 
 class Stage(nn.Module):
@@ -77,6 +78,8 @@ class SparseMLPSNN(nn.Module):
         norm: ``bn`` | ``tdbn`` | ``tebn`` | ``ln`` (ln only inside the token/channel MLPs).
         channel_bn_axis: ``token`` (faithful: BN1d over the n*n positions) | ``channel`` (per feature).
         head_lif: a neuron between the spatial mean and the classifier (the paper's figure; not the code).
+        checkpoint_stages: keep only each stage's input in training and recompute the stage in backward
+            (:func:`snn_engine.recompute.checkpoint_spiking`: same gradients and BN statistics, far less memory).
     """
 
     def __init__(
@@ -95,6 +98,7 @@ class SparseMLPSNN(nn.Module):
         norm: str = "bn",
         channel_bn_axis: str = "token",
         head_lif: bool = False,
+        checkpoint_stages: bool = False,
     ):
         super().__init__()
         if not callable(neuron):
@@ -124,6 +128,7 @@ class SparseMLPSNN(nn.Module):
         self.dim, self.depths, self.alpha, self.patch_size = dim, depths, alpha, patch_size
         self.spe, self.identity_bn_lif, self.norm, self.channel_bn_axis = bool(spe), identity_bn_lif, norm, channel_bn_axis
         self.num_features = 8 * dim
+        self.checkpoint_stages = bool(checkpoint_stages)
         outer_norm = "bn" if norm == "ln" else norm  # LayerNorm replaces only the norms inside the MLPs
 
         stages = []
@@ -159,7 +164,7 @@ class SparseMLPSNN(nn.Module):
         """Images ``[B, C, H, W]`` or ``[T, B, C, H, W]`` -> last-stage spikes ``[T, B, 8*dim, h, w]``."""
         self._check_input(x)
         for stage in self.stages:
-            x = stage(x)
+            x = checkpoint_spiking(stage, x) if self.checkpoint_stages else stage(x)
         return x.permute(0, 1, 4, 2, 3)  # channels-last internals -> [T, B, C, h, w] (a view)
 
     def forward_head(self, feat: torch.Tensor) -> torch.Tensor:

@@ -13,11 +13,14 @@ else the op saves are left alone. Inside ``torch.compile`` (which does not trace
 
 from __future__ import annotations
 
+import contextlib
+import threading
 from typing import Callable
 
 import torch
 
 _ENABLED = True
+_PAUSED = threading.local()  # set inside regions whose saved tensors are discarded (checkpointed forwards)
 # called with every boolean tensor stored in place of a spike input; saved-tensor hooks nest (only the innermost
 # sees a tensor), so memory accounting that hooks saved tensors itself also registers here
 pack_observers: list[Callable[[torch.Tensor], None]] = []
@@ -31,6 +34,17 @@ def set_enabled(enabled: bool) -> None:
 
 def enabled() -> bool:
     return _ENABLED
+
+
+@contextlib.contextmanager
+def paused():
+    """Run spike inputs plainly inside (e.g. a checkpointed forward, whose own hooks must see every saved tensor)."""
+    previous = getattr(_PAUSED, "on", False)
+    _PAUSED.on = True
+    try:
+        yield
+    finally:
+        _PAUSED.on = previous
 
 
 class _Packed:
@@ -53,7 +67,7 @@ def spike_input(op: Callable[..., torch.Tensor], spikes: torch.Tensor, *args, **
     """
     recording = torch.is_grad_enabled() and (
         spikes.requires_grad or any(isinstance(a, torch.Tensor) and a.requires_grad for a in args))
-    if not (_ENABLED and recording) or torch.compiler.is_compiling():
+    if not (_ENABLED and recording) or getattr(_PAUSED, "on", False) or torch.compiler.is_compiling():
         return op(spikes, *args, **kwargs)
     device = spikes.device.type
     if torch.is_autocast_enabled(device) and spikes.is_floating_point():
