@@ -23,6 +23,7 @@ from snn_engine import checkpoint as ckpt_io
 from snn_engine import distributed
 from snn_engine.errors import UserError
 from snn_engine.logger import NullLogger
+from snn_engine.kernel_usage import ImplementationCounter
 from snn_engine.neurons import select_implementation
 from snn_engine.optim import build_optimizer
 from snn_engine.report import flat_metrics, format_report, spike_report
@@ -136,10 +137,17 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
                      trainer.precision, run_dir)
             logger.start(str(run_dir), meta["config"])
             logger.summary({"num_params": num_params, "neuron_implementation": implementation})
-        status = trainer.fit()
+        with ImplementationCounter(model) as usage:
+            status = trainer.fit()
+        if env.is_main:
+            log.info("neurons ran (counted over the run): %s", usage.describe())
+            if usage.fallbacks:
+                log.warning("%d spiking layers fell back to a slower implementation at least once: %s",
+                            len(usage.fallbacks), ", ".join(usage.fallbacks[:8]))
         summary = {
             "status": status, "step": trainer.step, "epoch": trainer.epoch, "final": trainer.last_val,
             "best": trainer.best, "num_params": num_params, "neuron_implementation": implementation,
+            "neuron_implementations_ran": usage.summary(),
             "images_per_s": trainer.images_seen / max(trainer.train_time, 1e-9), "train_time_s": trainer.train_time,
             "wall_time_s": time.perf_counter() - started, "world_size": env.world_size, "device": str(env.device),
             "precision": trainer.precision, "checkpoints": str(run_dir / "checkpoints"),
@@ -147,6 +155,7 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
         if env.is_main:
             write_json(run_dir / "summary.json", summary)
             logger.summary({"best/" + k: v for k, v in trainer.best.items() if isinstance(v, (int, float))})
+            logger.summary({f"neurons_ran/{impl}": calls for impl, calls in usage.summary()["calls"].items()})
             logger.finish()
             if trainer.last_val:
                 log.info("%s after %d steps: val acc1 %.2f%% (best %.2f%% at step %d); summary in %s", status, trainer.step,

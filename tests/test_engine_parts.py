@@ -243,3 +243,47 @@ def test_engine_imports_no_model_family(repo):
                 [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
             offenders += [f"{path.relative_to(repo)}: {n}" for n in names if n.split(".")[0] in FAMILIES]
     assert not offenders, offenders
+
+
+def test_spikingjelly_path_names_the_autocast_fallback(monkeypatch):
+    from types import SimpleNamespace
+
+    from spikingjelly.activation_based import neuron as sj_neuron
+    from spikingjelly.activation_based import surrogate as sj_surrogate
+
+    from snn_engine import kernel_usage
+
+    monkeypatch.setattr(kernel_usage, "_selected", lambda kind, device: f"triton ({kind})")
+    cuda = SimpleNamespace(type="cuda", index=0)
+    lif = make_neuron(kind="lif")
+    assert kernel_usage.spikingjelly_path(lif, SimpleNamespace(device=cuda, dtype=torch.float32)) == "triton (lif)"
+    assert kernel_usage.spikingjelly_path(lif, SimpleNamespace(device=cuda, dtype=torch.float16)) == (
+        "torch reference (fallback: float16 state)")
+    lif._neuron_precision = ("fp32", "fp32", "fp32")
+    assert kernel_usage.spikingjelly_path(lif, SimpleNamespace(device=cuda, dtype=torch.float16)) == (
+        "triton (explicit precision)")
+
+    class Custom(sj_surrogate.SurrogateFunctionBase):  # a user's surrogate: no fused kernel
+        def __init__(self):
+            super().__init__(alpha=1.0)
+
+    custom = sj_neuron.LIFNode(step_mode="m", surrogate_function=Custom())
+    assert "surrogate" in kernel_usage.spikingjelly_path(custom, SimpleNamespace(device=cuda, dtype=torch.float32))
+    assert kernel_usage.spikingjelly_path(lif, torch.zeros(2, 3)) == "torch (cpu)"
+
+
+def test_implementation_counter_counts_every_call():
+    from snn_engine.kernel_usage import ImplementationCounter
+    from spikingjelly.activation_based.functional import reset_net
+
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), make_neuron(kind="lif"), torch.nn.Linear(4, 4),
+                                make_neuron(kind="if"))
+    with ImplementationCounter(model) as usage:
+        for _ in range(3):
+            model(torch.randn(5, 2, 4))
+            reset_net(model)
+    model(torch.randn(5, 2, 4))  # after the context: not counted
+    assert usage.summary() == {"calls": {"torch (cpu)": 6}, "layers": {"1": {"torch (cpu)": 3},
+                                                                        "3": {"torch (cpu)": 3}},
+                               "fallback_layers": []}
+    assert usage.describe() == "torch (cpu): 2 layers"

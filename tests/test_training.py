@@ -24,6 +24,10 @@ def test_short_run_lowers_validation_loss(tmp_path):
     assert summary["final"]["acc1"] > before["acc1"]
     assert 0.0 < summary["final"]["firing_rate"]["overall"] < 1.0
     assert summary["num_params"] == sum(p.numel() for p in model.parameters())
+    ran = summary["neuron_implementations_ran"]  # counted per call over the run: train and validation passes
+    n_layers = len(ran["layers"])
+    assert n_layers == len(summary["final"]["firing_rate"]) - 3 and set(ran["calls"]) == {"torch (cpu)"}
+    assert ran["calls"]["torch (cpu)"] >= n_layers * summary["step"] and ran["fallback_layers"] == []
     for name in ("last.pt", "best.pt"):
         assert (tmp_path / "checkpoints" / name).is_file()
 
