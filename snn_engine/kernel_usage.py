@@ -55,7 +55,8 @@ def spikingjelly_path(node: nn.Module, x: torch.Tensor) -> str:
         return "triton (explicit precision)"
     if not _supported_surrogate(node):
         return "torch reference (fallback: surrogate without a fused kernel)"
-    if x.dtype != torch.float32:  # the membrane state takes the input's dtype; the fused kernels want it float32
+    if x.dtype != torch.float32 and not getattr(node, "float32_state", False):
+        # the membrane takes the input's dtype and the fused kernels want it float32 (our nodes cast the input up)
         return f"torch reference (fallback: {str(x.dtype).removeprefix('torch.')} state)"
     return _selected(kind, f"cuda:{x.device.index if x.device.index is not None else torch.cuda.current_device()}")
 

@@ -45,6 +45,41 @@ def make_surrogate(name: str, alpha: float) -> nn.Module:
     return SURROGATES[name](alpha=float(alpha))
 
 
+class _Float32State:
+    """Integrate half-precision input currents (autocast) in float32.
+
+    SpikingJelly's nodes keep their membrane in the input's dtype, and its fused CUDA kernels (Triton/native) only
+    take a float32 membrane: under fp16/bf16 autocast every LIF layer would silently run SpikingJelly's Python-loop
+    reference instead (and an explicit ``neuron.implementation`` would crash). Casting the input up front keeps the
+    fused kernels in use and the membrane exact; the spikes come out as float32 0/1 and the next layer's autocast
+    casts them down again (exactly).
+    """
+
+    float32_state = True
+
+    def multi_step_forward(self, x_seq: torch.Tensor, *args, **kwargs):
+        if x_seq.dtype in (torch.float16, torch.bfloat16):
+            x_seq = x_seq.float()
+        return super().multi_step_forward(x_seq, *args, **kwargs)
+
+    def single_step_forward(self, x: torch.Tensor, *args, **kwargs):
+        if x.dtype in (torch.float16, torch.bfloat16):
+            x = x.float()
+        return super().single_step_forward(x, *args, **kwargs)
+
+
+class LIFNode(_Float32State, sj_neuron.LIFNode):
+    """SpikingJelly's LIFNode with a float32 membrane under autocast."""
+
+
+class ParametricLIFNode(_Float32State, sj_neuron.ParametricLIFNode):
+    """SpikingJelly's ParametricLIFNode with a float32 membrane under autocast."""
+
+
+class IFNode(_Float32State, sj_neuron.IFNode):
+    """SpikingJelly's IFNode with a float32 membrane under autocast."""
+
+
 def make_neuron(
     kind: str = "lif",
     tau: float = 2.0,
@@ -58,7 +93,8 @@ def make_neuron(
 ) -> nn.Module:
     """One multi-step spiking layer: ``[T, B, ...]`` currents -> ``[T, B, ...]`` spikes in {0, 1}.
 
-    ``kind`` is ``lif`` (fixed tau), ``plif`` (learnable tau initialised to ``tau``) or ``if``.
+    ``kind`` is ``lif`` (fixed tau), ``plif`` (learnable tau initialised to ``tau``) or ``if``: SpikingJelly's
+    nodes with a float32 membrane under autocast (:class:`_Float32State`).
     ``v_reset=None`` means soft reset (subtract the threshold). ``implementation`` is checked by
     :func:`select_implementation` when the engine moves the model to its device.
     """
@@ -72,11 +108,11 @@ def make_neuron(
         step_mode="m",
     )
     if kind == "lif":
-        return sj_neuron.LIFNode(tau=float(tau), decay_input=bool(decay_input), **common)
+        return LIFNode(tau=float(tau), decay_input=bool(decay_input), **common)
     if kind == "plif":
-        return sj_neuron.ParametricLIFNode(init_tau=float(tau), decay_input=bool(decay_input), **common)
+        return ParametricLIFNode(init_tau=float(tau), decay_input=bool(decay_input), **common)
     if kind == "if":
-        return sj_neuron.IFNode(**common)
+        return IFNode(**common)
     raise UserError(f"unknown neuron.kind={kind!r}; choose one of {sorted(SJ_OP_PACKAGES)}")
 
 

@@ -26,6 +26,7 @@ from spikingjelly.activation_based import neuron as sj_neuron
 from spikingjelly.activation_based import surrogate as sj_surrogate
 
 from snn_engine.errors import UserError
+from snn_engine.neurons import LIFNode
 from spiking_ssm.kernels import runtime, soma
 from spiking_ssm.sdn import ReducedSDN, load_reduced
 
@@ -202,9 +203,10 @@ class _ParamCache:
 
 
 def make_lif(tau: float = 0.125, surrogate_alpha: float = 1.0) -> sj_neuron.LIFNode:
-    """SpikingJelly multi-step LIF with ``u <- tau * u + y`` (its ``tau`` is ``1 / (1 - tau)``), BPTT."""
+    """SpikingJelly multi-step LIF with ``u <- tau * u + y`` (its ``tau`` is ``1 / (1 - tau)``), BPTT; its membrane
+    stays float32 under autocast (:class:`snn_engine.neurons.LIFNode`)."""
     tau = _check_tau(tau)
-    return sj_neuron.LIFNode(
+    return LIFNode(
         tau=1.0 / (1.0 - tau),
         decay_input=False,
         v_threshold=1.0,

@@ -255,10 +255,12 @@ def test_spikingjelly_path_names_the_autocast_fallback(monkeypatch):
 
     monkeypatch.setattr(kernel_usage, "_selected", lambda kind, device: f"triton ({kind})")
     cuda = SimpleNamespace(type="cuda", index=0)
-    lif = make_neuron(kind="lif")
+    lif = sj_neuron.LIFNode(step_mode="m")  # SpikingJelly's own node: its membrane takes the input's dtype
     assert kernel_usage.spikingjelly_path(lif, SimpleNamespace(device=cuda, dtype=torch.float32)) == "triton (lif)"
     assert kernel_usage.spikingjelly_path(lif, SimpleNamespace(device=cuda, dtype=torch.float16)) == (
         "torch reference (fallback: float16 state)")
+    ours = make_neuron(kind="plif")  # ours casts half inputs up: the fused kernel runs
+    assert kernel_usage.spikingjelly_path(ours, SimpleNamespace(device=cuda, dtype=torch.float16)) == "triton (plif)"
     lif._neuron_precision = ("fp32", "fp32", "fp32")
     assert kernel_usage.spikingjelly_path(lif, SimpleNamespace(device=cuda, dtype=torch.float16)) == (
         "triton (explicit precision)")
@@ -287,3 +289,19 @@ def test_implementation_counter_counts_every_call():
                                                                         "3": {"torch (cpu)": 3}},
                                "fallback_layers": []}
     assert usage.describe() == "torch (cpu): 2 layers"
+
+
+@pytest.mark.parametrize("kind", ["lif", "plif", "if"])
+def test_neurons_keep_a_float32_membrane_under_autocast(kind):
+    from spikingjelly.activation_based.functional import reset_net
+
+    x = (torch.randn(6, 3, 5, generator=torch.Generator().manual_seed(0)) * 2).bfloat16().requires_grad_()
+    neuron = make_neuron(kind=kind)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        spikes = neuron(x)
+    assert spikes.dtype == torch.float32 and neuron.v.dtype == torch.float32
+    spikes.sum().backward()
+    assert x.grad is not None and x.grad.dtype == torch.bfloat16
+    reset_net(neuron)
+    reference = make_neuron(kind=kind)
+    assert torch.equal(spikes, reference(x.detach().float()))  # the same as integrating the float32 currents
