@@ -169,8 +169,8 @@ def neuron_spec(module: nn.Module, v_ref: float) -> tuple[NeuronSpec, torch.Tens
                             "mixer_snn.fold); re-fold the model with fold_model")
         scale = (v_ref / module.threshold.double()).flatten()
         return NeuronSpec(kind, tau, module.decay_input, v_ref, float(module.v_reset)), scale
-    kinds = {sj_neuron.LIFNode: "lif", sj_neuron.ParametricLIFNode: "plif", sj_neuron.IFNode: "if"}
-    kind = kinds.get(type(module))
+    kinds = ((sj_neuron.ParametricLIFNode, "plif"), (sj_neuron.LIFNode, "lif"), (sj_neuron.IFNode, "if"))
+    kind = next((name for cls, name in kinds if isinstance(module, cls)), None)
     if kind is None:
         raise UserError(f"NIR export supports SpikingJelly LIF/PLIF/IF neurons, got {type(module).__name__}; "
                         "use neuron.kind=lif, plif or if")
