@@ -16,14 +16,20 @@ from torch import nn
 from snn_engine.distributed import all_reduce_sum
 
 
-def topk_hits(logits: torch.Tensor, target: torch.Tensor, ks=(1, 5)) -> list[int]:
-    """Number of samples whose class is in the top-k of ``logits [B, K]`` (``target`` ``[B]`` or soft ``[B, K]``)."""
+def topk_hit_counts(logits: torch.Tensor, target: torch.Tensor, ks=(1, 5)) -> torch.Tensor:
+    """Samples whose class is in the top-k of ``logits [B, K]`` (``target`` ``[B]`` or soft ``[B, K]``), for each
+    k: a float tensor ``[len(ks)]`` on the logits' device (no host synchronisation)."""
     if target.ndim == 2:
         target = target.argmax(-1)
     k_max = min(max(ks), logits.shape[-1])
     top = logits.topk(k_max, dim=-1).indices
     correct = top.eq(target.unsqueeze(-1))
-    return [int(correct[:, : min(k, k_max)].any(-1).sum()) for k in ks]
+    return torch.stack([correct[:, : min(k, k_max)].any(-1).sum() for k in ks]).float()
+
+
+def topk_hits(logits: torch.Tensor, target: torch.Tensor, ks=(1, 5)) -> list[int]:
+    """:func:`topk_hit_counts` as Python ints."""
+    return [int(v) for v in topk_hit_counts(logits, target, ks).tolist()]
 
 
 class ClassificationMeter:
@@ -44,6 +50,29 @@ class ClassificationMeter:
     def compute(self, device: torch.device) -> dict[str, float]:
         totals = all_reduce_sum(torch.tensor([self.loss_sum, self.hits1, self.hits5, self.count], dtype=torch.float64, device=device))
         loss_sum, h1, h5, count = totals.tolist()
+        count = max(count, 1.0)
+        return {"loss": loss_sum / count, "acc1": 100.0 * h1 / count, "acc5": 100.0 * h5 / count}
+
+
+class TrainMeter:
+    """Training loss and top-1/top-5 summed on the device between log points: no host sync per step.
+
+    ``update(logits [B, K], target, loss)`` with ``loss`` a 0-d tensor (the batch mean); :meth:`compute` makes the
+    one synchronisation (and the all-reduce across ranks) when the loop logs.
+    """
+
+    def __init__(self):
+        self.sums: torch.Tensor | None = None  # [loss * batch, hits1, hits5, samples]
+
+    def update(self, logits: torch.Tensor, target: torch.Tensor, loss: torch.Tensor) -> None:
+        batch = logits.shape[0]
+        row = torch.cat([(loss.detach().float() * batch).reshape(1), topk_hit_counts(logits, target),
+                         torch.full((1,), float(batch), device=logits.device)])
+        self.sums = row if self.sums is None else self.sums + row
+
+    def compute(self, device: torch.device) -> dict[str, float]:
+        sums = self.sums if self.sums is not None else torch.zeros(4, device=device)
+        loss_sum, h1, h5, count = all_reduce_sum(sums.to(device, torch.float64)).tolist()
         count = max(count, 1.0)
         return {"loss": loss_sum / count, "acc1": 100.0 * h1 / count, "acc5": 100.0 * h5 / count}
 

@@ -25,7 +25,7 @@ from snn_engine import checkpoint as ckpt_io
 from snn_engine.distributed import DistEnv, ShardSampler, SkipSampler, any_rank, set_sampler_epoch, train_sampler
 from snn_engine.errors import UserError
 from snn_engine.evaluation import evaluate_model, to_device
-from snn_engine.metrics import ClassificationMeter, time_averaged
+from snn_engine.metrics import TrainMeter, time_averaged
 
 log = logging.getLogger(__name__)
 PRECISIONS = {"32": torch.float32, "64": torch.float64, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -166,12 +166,12 @@ class Trainer:
         micro_total = self.steps_per_epoch * self.accum
         bar = tqdm(total=micro_total, initial=skip, desc=f"epoch {self.epoch}", dynamic_ncols=True, leave=False,
                    disable=not (self.env.is_main and self.tc.progress_bar))
-        meter, tick = ClassificationMeter(), time.perf_counter()
+        meter, tick = TrainMeter(), time.perf_counter()
         for x, y in loader:
             if self.batch_in_epoch >= micro_total or self._done():
                 break
             x, y = self._to_device(x, y)
-            loss_value = self._micro_step(x, y, meter)
+            self._micro_step(x, y, meter)
             self.batch_in_epoch += 1
             bar.update(1)
             if self.batch_in_epoch % self.accum:
@@ -181,14 +181,15 @@ class Trainer:
             self.train_time += now - tick
             self.images_seen += self.batch_size * self.accum * self.env.world_size
             if self.step % int(self.tc.log_every_n_steps) == 0 or self.step == 1:
-                stats = meter.compute(self.device)
+                stats = self._checked(meter)  # the loop's only host synchronisation between log points
                 lr = self.optimizer.param_groups[0]["lr"]
                 ips = self.batch_size * self.accum * self.env.world_size / max(now - tick, 1e-9)
-                bar.set_postfix(loss=f"{loss_value:.4f}", acc=f"{stats['acc1']:.1f}", lr=f"{lr:.2e}", img_s=f"{ips:.0f}")
+                bar.set_postfix(loss=f"{stats['loss']:.4f}", acc=f"{stats['acc1']:.1f}", lr=f"{lr:.2e}",
+                                img_s=f"{ips:.0f}")
                 if self.env.is_main:
                     self.logger.log({"train/loss": stats["loss"], "train/acc1": stats["acc1"], "train/lr": lr,
                                      "train/images_per_s": ips, "epoch": self.epoch}, step=self.step)
-                meter = ClassificationMeter()
+                meter = TrainMeter()
             if val_every_steps and self.step % val_every_steps == 0:
                 self.validate_and_checkpoint()
                 self.net.train()
@@ -198,13 +199,28 @@ class Trainer:
                 return "interrupted"
             tick = time.perf_counter()
         bar.close()
+        self._checked(meter)  # before the epoch's validation writes a checkpoint
         return "epoch"
 
-    def _should_stop(self) -> bool:
-        requested = bool(self.stop_signal) or (bool(self.tc.stop_after_steps) and self.step >= int(self.tc.stop_after_steps))
-        return any_rank(requested, self.device)
+    def _checked(self, meter: TrainMeter) -> dict[str, float]:
+        """The meter's statistics; a non-finite loss since the last check stops the run (before any checkpoint of
+        the diverged weights is written)."""
+        stats = meter.compute(self.device)
+        if not math.isfinite(stats["loss"]):
+            raise UserError(f"non-finite loss ({stats['loss']}) by step {self.step}; the last good checkpoint is kept "
+                            f"in {self.run_dir / 'checkpoints'}; lower optimizer.lr or set trainer.grad_clip")
+        return stats
 
-    def _micro_step(self, x: torch.Tensor, y: torch.Tensor, meter: ClassificationMeter) -> float:
+    def _should_stop(self) -> bool:
+        """Stop after ``trainer.stop_after_steps`` (the same step on every rank) or on a signal. Signals arrive per
+        rank, so several ranks agree through an all-reduce, made only at log points (no sync every step)."""
+        if self.tc.stop_after_steps and self.step >= int(self.tc.stop_after_steps):
+            return True
+        if self.env.distributed and self.step % int(self.tc.log_every_n_steps):
+            return False
+        return any_rank(bool(self.stop_signal), self.device)
+
+    def _micro_step(self, x: torch.Tensor, y: torch.Tensor, meter: TrainMeter) -> None:
         if self.mixup is not None:
             x, y = self.mixup(x, y)
         last_micro = (self.batch_in_epoch + 1) % self.accum == 0
@@ -213,14 +229,9 @@ class Trainer:
             with self._autocast():
                 logits = self.net(x)
                 loss = self.criterion(logits, y)
-            loss_value = loss.item()
-            if not math.isfinite(loss_value):
-                raise UserError(f"non-finite loss ({loss_value}) at step {self.step}; the last good checkpoint is kept in "
-                                f"{self.run_dir / 'checkpoints'}; lower optimizer.lr or set trainer.grad_clip")
             self.scaler.scale(loss / self.accum).backward()
         reset_net(self.net)
-        meter.update(time_averaged(logits.detach().float()), y, loss_value)
-        return loss_value
+        meter.update(time_averaged(logits.detach().float()), y, loss)
 
     def _optimizer_step(self) -> None:
         if self.tc.grad_clip:
