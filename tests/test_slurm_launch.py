@@ -30,20 +30,19 @@ def test_slurm_preset_composes():
 
 
 def test_submitit_environment_becomes_torchrun_variables(monkeypatch):
-    for name in TORCHRUN_VARS:
-        monkeypatch.delenv(name, raising=False)
-    slurm = dict(SUBMITIT_EXECUTOR="slurm", SLURM_JOB_ID="1234", SLURM_PROCID="3", SLURM_NTASKS="4",
-                 SLURM_LOCALID="1", SLURM_JOB_NUM_NODES="2", SLURM_JOB_NODELIST="gpu[07-08]", SLURM_NODEID="1")
-    for name, value in slurm.items():
-        monkeypatch.setenv(name, value)
+    # a private copy of the environment for this test: the code under test writes os.environ itself
+    environ = {k: v for k, v in os.environ.items() if k not in TORCHRUN_VARS}
+    environ.update(SUBMITIT_EXECUTOR="slurm", SLURM_JOB_ID="1234", SLURM_PROCID="3", SLURM_NTASKS="4",
+                   SLURM_LOCALID="1", SLURM_JOB_NUM_NODES="2", SLURM_JOB_NODELIST="gpu[07-08]", SLURM_NODEID="1")
+    monkeypatch.setattr(os, "environ", environ)
     assert export_submitit_env()
-    assert (os.environ["RANK"], os.environ["WORLD_SIZE"], os.environ["LOCAL_RANK"]) == ("3", "4", "1")
-    assert os.environ["MASTER_ADDR"] == "gpu07" and 20000 <= int(os.environ["MASTER_PORT"]) <= 60000
+    assert (environ["RANK"], environ["WORLD_SIZE"], environ["LOCAL_RANK"]) == ("3", "4", "1")
+    assert environ["MASTER_ADDR"] == "gpu07" and 20000 <= int(environ["MASTER_PORT"]) <= 60000
     assert not export_submitit_env()  # torchrun's variables, once there, win
     for name in TORCHRUN_VARS:
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.delenv("SUBMITIT_EXECUTOR")
-    assert not export_submitit_env() and "RANK" not in os.environ  # not a submitit job
+        del environ[name]
+    del environ["SUBMITIT_EXECUTOR"]
+    assert not export_submitit_env() and "RANK" not in environ  # not a submitit job
 
 
 @pytest.mark.slow
