@@ -43,3 +43,23 @@ def read_summary(run_dir: Path) -> dict:
 
 def load_weights(run_dir: Path, name: str = "last.pt") -> dict:
     return torch.load(Path(run_dir) / "checkpoints" / name, weights_only=True)["model"]
+
+
+def loss_and_saved_bytes(model: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """``model(x).square().mean()`` and the bytes of every storage its graph saves for backward, counting the
+    booleans :mod:`snn_engine.spike_memory` stores in place of spikes."""
+    from snn_engine import spike_memory
+
+    saved: dict[int, int] = {}
+
+    def count(t: torch.Tensor) -> torch.Tensor:
+        saved.setdefault(t.untyped_storage().data_ptr(), t.untyped_storage().nbytes())
+        return t
+
+    spike_memory.pack_observers.append(count)
+    try:
+        with torch.autograd.graph.saved_tensors_hooks(count, lambda t: t):
+            loss = model(x).square().mean()
+    finally:
+        spike_memory.pack_observers.remove(count)
+    return loss, sum(saved.values())

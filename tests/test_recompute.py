@@ -9,30 +9,19 @@ import torch
 from spikingjelly.activation_based.functional import reset_net
 
 from mixer_snn.model import sparse_mlp_tiny
-from snn_engine import spike_memory
 from snn_engine.neurons import make_neuron
+from tests.helpers import loss_and_saved_bytes
 
 
 def _step(checkpoint: bool, norm: str, x: torch.Tensor):
     torch.manual_seed(0)
     neuron = functools.partial(make_neuron, kind="lif", tau=2.0, surrogate="sigmoid", alpha=4.0)
     model = sparse_mlp_tiny(neuron, num_classes=10, norm=norm, checkpoint_stages=checkpoint).double().train()
-    saved = {}
-
-    def count(t):
-        saved.setdefault(t.untyped_storage().data_ptr(), t.untyped_storage().nbytes())
-        return t
-
-    spike_memory.pack_observers.append(count)
-    try:
-        with torch.autograd.graph.saved_tensors_hooks(count, lambda t: t):
-            loss = model(x).square().mean()
-    finally:
-        spike_memory.pack_observers.remove(count)
+    loss, saved = loss_and_saved_bytes(model, x)
     loss.backward()
     reset_net(model)
     buffers = {k: v.clone() for k, v in model.state_dict().items() if "running" in k or "tracked" in k}
-    return loss.detach(), [p.grad for p in model.parameters()], buffers, sum(saved.values())
+    return loss.detach(), [p.grad for p in model.parameters()], buffers, saved
 
 
 @pytest.mark.parametrize("norm", ["bn", "tebn"])

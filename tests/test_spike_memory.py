@@ -12,6 +12,7 @@ from mixer_snn.model import sparse_mlp_tiny
 from snn_engine import spike_memory
 from snn_engine.neurons import make_neuron
 from snn_engine.spike_memory import spike_input
+from tests.helpers import loss_and_saved_bytes
 
 
 @pytest.fixture
@@ -77,20 +78,9 @@ def test_sparse_mlp_saves_less_with_identical_gradients(compaction):
         spike_memory.set_enabled(compact)
         torch.manual_seed(3)
         model = sparse_mlp_tiny(neuron, num_classes=10).double()
-        saved = {}
-
-        def count(t):
-            saved.setdefault(t.untyped_storage().data_ptr(), t.untyped_storage().nbytes())
-            return t
-
-        spike_memory.pack_observers.append(count)
-        try:
-            with torch.autograd.graph.saved_tensors_hooks(count, lambda t: t):
-                loss = model(x).square().mean()
-        finally:
-            spike_memory.pack_observers.remove(count)
+        loss, saved = loss_and_saved_bytes(model, x)
         loss.backward()
-        results[compact] = (sum(saved.values()), [p.grad for p in model.parameters()])
+        results[compact] = (saved, [p.grad for p in model.parameters()])
     (bytes_plain, grads_plain), (bytes_compact, grads_compact) = results[False], results[True]
     assert bytes_compact < 0.8 * bytes_plain
     for a, b in zip(grads_compact, grads_plain):
