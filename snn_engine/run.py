@@ -147,7 +147,7 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
         summary = {
             "status": status, "step": trainer.step, "epoch": trainer.epoch, "final": trainer.last_val,
             "best": trainer.best, "num_params": num_params, "neuron_implementation": implementation,
-            "neuron_implementations_ran": usage.summary(),
+            "neuron_implementations_ran": usage.summary(), "compile": trainer.compiler.report(),
             "images_per_s": trainer.images_seen / max(trainer.train_time, 1e-9), "train_time_s": trainer.train_time,
             "wall_time_s": time.perf_counter() - started, "world_size": env.world_size, "device": str(env.device),
             "precision": trainer.precision, "checkpoints": str(run_dir / "checkpoints"),

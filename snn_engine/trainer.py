@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from snn_engine import checkpoint as ckpt_io
+from snn_engine.compiling import CompileTimer, resolve_compile_mode
 from snn_engine.distributed import DistEnv, ShardSampler, SkipSampler, any_rank, set_sampler_epoch, train_sampler
 from snn_engine.errors import UserError
 from snn_engine.evaluation import evaluate_model, to_device
@@ -76,8 +77,10 @@ class Trainer:
         self.net = self.model
         if env.distributed:
             self.net = DistributedDataParallel(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
-        if self.tc.compile:
-            self.net = torch.compile(self.net)
+        self.compiler = CompileTimer(resolve_compile_mode(self.tc.get("compile"), self.device),
+                                     str(self.tc.get("compile_backend", "inductor")), self.device,
+                                     int(self.tc.get("compile_baseline_steps", 5)))
+        self.net = self.compiler.initial(self.net)
         self.mixup = data.mixup_fn()
         self.step = self.epoch = self.batch_in_epoch = 0
         self.best: dict = {}
@@ -167,6 +170,7 @@ class Trainer:
         bar = tqdm(total=micro_total, initial=skip, desc=f"epoch {self.epoch}", dynamic_ncols=True, leave=False,
                    disable=not (self.env.is_main and self.tc.progress_bar))
         meter, tick = TrainMeter(), time.perf_counter()
+        self.compiler.begin()
         for x, y in loader:
             if self.batch_in_epoch >= micro_total or self._done():
                 break
@@ -177,6 +181,7 @@ class Trainer:
             if self.batch_in_epoch % self.accum:
                 continue
             self._optimizer_step()
+            self.net = self.compiler.end(self.net)
             now = time.perf_counter()
             self.train_time += now - tick
             self.images_seen += self.batch_size * self.accum * self.env.world_size
@@ -198,6 +203,7 @@ class Trainer:
                 self.save_checkpoint()
                 return "interrupted"
             tick = time.perf_counter()
+            self.compiler.begin()
         bar.close()
         self._checked(meter)  # before the epoch's validation writes a checkpoint
         return "epoch"
