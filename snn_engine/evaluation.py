@@ -1,4 +1,5 @@
-"""Evaluation of a classifier on a loader: loss, top-1/top-5 and per-layer firing rates; logits of two models compared."""
+"""Evaluation on a loader (a classifier: loss, top-1/top-5; a language model: loss, perplexity, bits per token) with
+per-layer firing rates; logits of two models compared."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from snn_engine.metrics import ClassificationMeter, FiringRateMeter, time_averaged
+from snn_engine.metrics import FiringRateMeter
+from snn_engine.tasks import ClassificationTask
 
 
 def to_device(x, device: torch.device, dtype: torch.dtype | None = None):
@@ -25,17 +27,20 @@ def to_device(x, device: torch.device, dtype: torch.dtype | None = None):
 @torch.no_grad()
 def evaluate_model(model: nn.Module, loader: DataLoader, device: torch.device, dtype: torch.dtype | None = None,
                    autocast: contextlib.AbstractContextManager | None = None, limit_batches: int = 0,
-                   progress: bool = False, detailed: bool = False) -> dict:
-    """Run ``model`` (``[B, C, H, W]`` -> ``[T, B, K]``, or a sequence model -> ``[B, K]``) in eval mode over ``loader``.
+                   progress: bool = False, detailed: bool = False, task: ClassificationTask | None = None) -> dict:
+    """Run ``model`` in eval mode over ``loader`` for ``task`` (default: classification, ``[B, C, H, W]`` ->
+    ``[T, B, K]`` or a sequence model -> ``[B, K]``; see :mod:`snn_engine.tasks`).
 
-    Returns ``{"loss", "acc1", "acc5", "firing_rate": {layer: rate, "mean", "overall", "sparsity"}}``, reduced
-    over ranks; plain cross-entropy on the time-averaged logits (no smoothing), as the papers report. With
+    Returns the task's metrics (classification ``{"loss", "acc1", "acc5"}``: plain cross-entropy on the
+    time-averaged logits, no smoothing, as the papers report; language model ``{"loss", "ppl", "bits_per_token",
+    "tokens"}``) and ``"firing_rate": {layer: rate, "mean", "overall", "sparsity"}``, reduced over ranks. With
     ``detailed``, also ``"spikes"``: per-layer rate, sparsity and silent-neuron fraction
     (:meth:`~snn_engine.metrics.FiringRateMeter.compute_detailed`).
     """
+    task = task or ClassificationTask()
     was_training = model.training
     model.eval()
-    meter = ClassificationMeter()
+    meter = task.eval_meter()
     with FiringRateMeter(model) as rates:
         total = min(len(loader), limit_batches) if limit_batches else len(loader)
         for i, (x, y) in enumerate(tqdm(loader, total=total, desc="validate", leave=False, disable=not progress)):
@@ -43,9 +48,8 @@ def evaluate_model(model: nn.Module, loader: DataLoader, device: torch.device, d
                 break
             x, y = to_device(x, device, dtype), y.to(device, non_blocking=True)
             with autocast or contextlib.nullcontext():
-                logits = time_averaged(model(x).float())
-            loss = torch.nn.functional.cross_entropy(logits, y)
-            meter.update(logits, y, loss.item())
+                out = task.forward(model, x, y)
+            task.update_eval(meter, out, y)
             reset_net(model)
         firing = rates.compute(device)
         spikes = rates.compute_detailed(device) if detailed else None

@@ -48,3 +48,17 @@ class TETLoss(nn.Module):
         ce = sum(self.ce(logits[t], target) for t in range(steps)) / steps
         mse = F.mse_loss(logits, torch.full_like(logits, self.phi_value))
         return (1.0 - self.lam) * ce + self.lam * mse
+
+
+class TokenNLL(nn.Module):
+    """Mean negative log-likelihood per predicted token, for language models whose forward returns the per-token
+    NLL ``[B, L]`` (nats) given the targets (:class:`snn_engine.tasks.LanguageModelTask`): ``nll [B, L]``,
+    ``target [B, L]`` (``ignore_index`` marks padding, whose NLL is left out) -> scalar."""
+
+    def __init__(self, ignore_index: int = -100):
+        super().__init__()
+        self.ignore_index = ignore_index
+
+    def forward(self, nll: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        valid = target != self.ignore_index
+        return torch.where(valid, nll, 0.0).sum() / valid.sum().clamp(min=1)

@@ -237,3 +237,25 @@ def format_rate_table(detailed: dict) -> str:
         silent = 100 * d["silent_fraction"]
         lines.append(f"{name:<{width}}  {d['rate']:>8.4f}  {d['sparsity']:>8.4f}  {silent:>8.2f}  {d['neurons']:>10d}")
     return "\n".join(lines)
+
+
+class TokenMeter:
+    """Token-level negative log-likelihood summed on the device: ``update(nll [B, L], targets [B, L])`` adds the
+    NLL (nats) of every predicted token (targets != ``ignore_index``); :meth:`compute` makes one synchronisation
+    (and the all-reduce across ranks) and gives ``{"loss": nats/token, "ppl", "bits_per_token", "tokens"}``."""
+
+    def __init__(self, ignore_index: int = -100):
+        self.ignore_index = ignore_index
+        self.sums: torch.Tensor | None = None  # float64 [nll sum, tokens]
+
+    def update(self, nll: torch.Tensor, target: torch.Tensor, loss: torch.Tensor | None = None) -> None:
+        valid = target != self.ignore_index
+        row = torch.stack([torch.where(valid, nll.detach().double(), 0.0).sum(), valid.sum().double()])
+        self.sums = row if self.sums is None else self.sums + row
+
+    def compute(self, device: torch.device) -> dict[str, float]:
+        sums = self.sums if self.sums is not None else torch.zeros(2, dtype=torch.float64, device=device)
+        nll_sum, tokens = all_reduce_sum(sums.to(device, torch.float64)).tolist()
+        loss = nll_sum / max(tokens, 1.0)
+        return {"loss": loss, "ppl": math.exp(min(loss, 700.0)), "bits_per_token": loss / math.log(2.0),
+                "tokens": int(tokens)}

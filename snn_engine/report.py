@@ -58,10 +58,11 @@ def fold_for_inference(model: nn.Module, position_bn: str) -> nn.Module:
 
 def spike_report(cfg: DictConfig, model: nn.Module, loader: DataLoader, device: torch.device,
                  dtype: torch.dtype | None, autocast: contextlib.AbstractContextManager | None, run_dir: Path,
-                 is_main: bool) -> dict:
+                 is_main: bool, task=None) -> dict:
     """Evaluate ``model`` with spike, operation and energy accounting; see the module docstring.
 
-    Returns ``{"val": {loss, acc1, acc5, firing_rate}, "spikes": FiringRateMeter.compute_detailed(),
+    Returns ``{"val": {the task's metrics (:mod:`snn_engine.tasks`), firing_rate}, "spikes":
+    FiringRateMeter.compute_detailed(),
     "ops": OpCounter.compute(), "mfi": {...} (mfi=true), "figures": {name: path}}``.
     """
     model.eval()
@@ -73,7 +74,7 @@ def spike_report(cfg: DictConfig, model: nn.Module, loader: DataLoader, device: 
     energy = cfg.energy
     with OpCounter(evaluated, time_steps=time_steps_of(evaluated), e_ac=float(energy.e_ac),
                    e_mac=float(energy.e_mac), convention=str(energy.convention)) as counter:
-        val = evaluate_model(evaluated, loader, device, dtype, autocast, progress=is_main, detailed=True)
+        val = evaluate_model(evaluated, loader, device, dtype, autocast, progress=is_main, detailed=True, task=task)
     report = {"val": {k: v for k, v in val.items() if k != "spikes"}, "spikes": val["spikes"],
               "ops": counter.compute(device)}
     if folded is not None:

@@ -22,11 +22,13 @@ from omegaconf import DictConfig, OmegaConf
 from snn_engine import checkpoint as ckpt_io
 from snn_engine import distributed
 from snn_engine.errors import UserError
+from snn_engine.evaluation import evaluate_model
 from snn_engine.logger import NullLogger
 from snn_engine.kernel_usage import ImplementationCounter
 from snn_engine.neurons import select_implementation
 from snn_engine.optim import build_optimizer
 from snn_engine.report import flat_metrics, format_report, spike_report
+from snn_engine.tasks import task_for
 from snn_engine.trainer import PRECISIONS, Trainer, resolve_precision
 
 log = logging.getLogger(__name__)
@@ -149,6 +151,8 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
             "best": trainer.best, "num_params": num_params, "neuron_implementation": implementation,
             "neuron_implementations_ran": usage.summary(), "compile": trainer.compiler.report(),
             "images_per_s": trainer.images_seen / max(trainer.train_time, 1e-9), "train_time_s": trainer.train_time,
+            "task": trainer.task.name,
+            **({"tokens_per_s": trainer.units_seen / max(trainer.train_time, 1e-9)} if trainer.task.unit == "tokens" else {}),
             "wall_time_s": time.perf_counter() - started, "world_size": env.world_size, "device": str(env.device),
             "precision": trainer.precision, "checkpoints": str(run_dir / "checkpoints"),
         }
@@ -158,9 +162,9 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
             logger.summary({f"neurons_ran/{impl}": calls for impl, calls in usage.summary()["calls"].items()})
             logger.finish()
             if trainer.last_val:
-                log.info("%s after %d steps: val acc1 %.2f%% (best %.2f%% at step %d); summary in %s", status, trainer.step,
-                         trainer.last_val["acc1"], trainer.best.get("acc1", float("nan")), trainer.best.get("step", -1),
-                         run_dir / "summary.json")
+                log.info("%s after %d steps: val %s (best %s %.4g at step %d); summary in %s", status, trainer.step,
+                         trainer.task.describe(trainer.last_val), trainer.best.get("metric"),
+                         trainer.best.get("value", float("nan")), trainer.best.get("step", -1), run_dir / "summary.json")
         summary["stop_signal"] = trainer.stop_signal
         return summary
     finally:
@@ -176,6 +180,20 @@ def checkpoint_config(state: dict, overrides: list[str]) -> DictConfig:
         key, _, value = item.partition("=")
         OmegaConf.update(cfg, key.lstrip("+"), OmegaConf.from_dotlist([f"v={value}"]).v, force_add=True)
     return cfg
+
+
+def language_model_extras(data, model, env, dtype, autocast, task, report: dict) -> dict:
+    """A language model's evaluation beyond the validation split: energy per token (the validation report's
+    per-sample energy over its tokens per sample) and the test split's perplexity, where the data set has one."""
+    val_tokens = report["val"]["tokens"]
+    samples = report["ops"].get("samples") or len(data.val_set())
+    extras = {"energy_pj_per_token": report["ops"]["total"]["energy_pj"] * samples / max(val_tokens, 1)}
+    if "test" in getattr(data, "splits", ("test",)):
+        test_set = data.test_set()
+        loader = torch.utils.data.DataLoader(test_set, batch_size=int(data.batch_size), num_workers=int(data.num_workers),
+                                             sampler=distributed.ShardSampler(len(test_set), env.rank, env.world_size))
+        extras["test"] = evaluate_model(model, loader, env.device, dtype, autocast, progress=env.is_main, task=task)
+    return extras
 
 
 def evaluate(cfg: DictConfig, run_dir: str | Path, overrides: list[str]) -> dict:
@@ -207,17 +225,23 @@ def evaluate(cfg: DictConfig, run_dir: str | Path, overrides: list[str]) -> dict
             sampler=distributed.ShardSampler(len(val_set), env.rank, env.world_size),
             collate_fn=data.collate_fn() if hasattr(data, "collate_fn") else None)
         autocast = torch.autocast("cuda", dtype=PRECISIONS[precision]) if precision in ("bf16", "fp16") else None
-        report = spike_report(cfg, model, loader, env.device, dtype, autocast, run_dir, env.is_main)
+        task = task_for(data)
+        report = spike_report(cfg, model, loader, env.device, dtype, autocast, run_dir, env.is_main, task=task)
         result = report["val"]
         summary = {"ckpt": str(cfg.ckpt), "step": state["step"], "epoch": state["epoch"], "use_ema": bool(cfg.use_ema),
-                   "val": result, "num_params": count_parameters(model), "neuron_implementation": implementation,
+                   "task": task.name, "val": result, "num_params": count_parameters(model),
+                   "neuron_implementation": implementation,
                    "model": OmegaConf.to_container(train_cfg.model, resolve=True),
                    **{k: report[k] for k in ("spikes", "ops", "mfi", "nir", "figures") if k in report}}
+        if task.unit == "tokens":
+            summary.update(language_model_extras(data, model, env, dtype, autocast, task, report))
         if env.is_main:
             write_json(run_dir / "summary.json", summary)
-            log.info("evaluated %s (step %d)%s: val loss %.4f acc1 %.2f%% acc5 %.2f%% firing rate %.4f", cfg.ckpt,
-                     state["step"], " folded (mfi=true)" if cfg.mfi else "", result["loss"], result["acc1"],
-                     result["acc5"], result["firing_rate"].get("overall", 0.0))
+            log.info("evaluated %s (step %d)%s: val %s, firing rate %.4f", cfg.ckpt, state["step"],
+                     " folded (mfi=true)" if cfg.mfi else "", task.describe(result),
+                     result["firing_rate"].get("overall", 0.0))
+            if "test" in summary:
+                log.info("test split: %s", task.describe(summary["test"]))
             log.info("\n%s", format_report(report))
             logger = instantiate(cfg.logger)
             logger.start(str(run_dir), {"eval": OmegaConf.to_container(cfg, resolve=True),

@@ -26,7 +26,7 @@ from snn_engine.compiling import CompileTimer, resolve_compile_mode
 from snn_engine.distributed import DistEnv, ShardSampler, SkipSampler, any_rank, set_sampler_epoch, train_sampler
 from snn_engine.errors import UserError
 from snn_engine.evaluation import evaluate_model, to_device
-from snn_engine.metrics import TrainMeter, time_averaged
+from snn_engine.tasks import resolve_monitor, task_for
 
 log = logging.getLogger(__name__)
 PRECISIONS = {"32": torch.float32, "64": torch.float64, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -47,8 +47,10 @@ def resolve_precision(precision: str, device: torch.device) -> str:
 class Trainer:
     """Fit ``model`` on ``train_set`` and validate on ``val_set`` as ``cfg.trainer`` says.
 
-    ``model`` maps ``[B, C, H, W]`` to per-step logits ``[T, B, K]``; ``criterion(logits, target)``
-    reduces over time. Rank 0 writes ``<run_dir>/checkpoints/{last,best}.pt`` and logs.
+    The data module's task (:mod:`snn_engine.tasks`) says how the network is called: a classifier maps
+    ``[B, C, H, W]`` to per-step logits ``[T, B, K]`` and ``criterion(logits, target)`` reduces over time; a
+    language model maps ``(tokens, targets)`` to per-token NLL. Rank 0 writes ``<run_dir>/checkpoints/{last,best}.pt``
+    and logs.
     """
 
     def __init__(self, cfg, model: nn.Module, data, train_set, val_set, criterion: nn.Module, optimizer_factory,
@@ -63,6 +65,9 @@ class Trainer:
         if self.precision == "64":
             self.model = self.model.double()
         self.criterion = criterion.to(self.device)
+        self.task = task_for(data)
+        self.task.check_criterion(self.criterion)
+        self.monitor, self.monitor_mode = resolve_monitor(self.task, self.tc.monitor, self.tc.monitor_mode)
         self.optimizer = optimizer_factory(self.model)
         self.batch_size, self.accum = int(data.batch_size), int(self.tc.grad_accum)
         self.steps_per_epoch = self._steps_per_epoch()
@@ -86,7 +91,7 @@ class Trainer:
         self.best: dict = {}
         self.last_val: dict = {}
         self.stop_signal = 0
-        self.images_seen, self.train_time = 0, 0.0
+        self.images_seen, self.units_seen, self.train_time = 0, 0, 0.0  # samples and task units (images/tokens)
 
     # ----------------------------------------------------------------------------------------- data
     def _steps_per_epoch(self) -> int:
@@ -169,13 +174,14 @@ class Trainer:
         micro_total = self.steps_per_epoch * self.accum
         bar = tqdm(total=micro_total, initial=skip, desc=f"epoch {self.epoch}", dynamic_ncols=True, leave=False,
                    disable=not (self.env.is_main and self.tc.progress_bar))
-        meter, tick = TrainMeter(), time.perf_counter()
+        meter, tick, units = self.task.train_meter(), time.perf_counter(), 0
         self.compiler.begin()
         for x, y in loader:
             if self.batch_in_epoch >= micro_total or self._done():
                 break
             x, y = self._to_device(x, y)
             self._micro_step(x, y, meter)
+            units += self.task.units(y) * self.env.world_size
             self.batch_in_epoch += 1
             bar.update(1)
             if self.batch_in_epoch % self.accum:
@@ -185,16 +191,17 @@ class Trainer:
             now = time.perf_counter()
             self.train_time += now - tick
             self.images_seen += self.batch_size * self.accum * self.env.world_size
+            self.units_seen += units
             if self.step % int(self.tc.log_every_n_steps) == 0 or self.step == 1:
                 stats = self._checked(meter)  # the loop's only host synchronisation between log points
                 lr = self.optimizer.param_groups[0]["lr"]
-                ips = self.batch_size * self.accum * self.env.world_size / max(now - tick, 1e-9)
-                bar.set_postfix(loss=f"{stats['loss']:.4f}", acc=f"{stats['acc1']:.1f}", lr=f"{lr:.2e}",
-                                img_s=f"{ips:.0f}")
+                rate = units / max(now - tick, 1e-9)
+                unit = "img" if self.task.unit == "images" else "tok"
+                bar.set_postfix(**self.task.postfix(stats), lr=f"{lr:.2e}", **{f"{unit}_s": f"{rate:.0f}"})
                 if self.env.is_main:
-                    self.logger.log({"train/loss": stats["loss"], "train/acc1": stats["acc1"], "train/lr": lr,
-                                     "train/images_per_s": ips, "epoch": self.epoch}, step=self.step)
-                meter = TrainMeter()
+                    self.logger.log({**self.task.train_metrics(stats), "train/lr": lr,
+                                     f"train/{self.task.unit}_per_s": rate, "epoch": self.epoch}, step=self.step)
+                meter = self.task.train_meter()
             if val_every_steps and self.step % val_every_steps == 0:
                 self.validate_and_checkpoint()
                 self.net.train()
@@ -202,13 +209,13 @@ class Trainer:
                 bar.close()
                 self.save_checkpoint()
                 return "interrupted"
-            tick = time.perf_counter()
+            tick, units = time.perf_counter(), 0
             self.compiler.begin()
         bar.close()
         self._checked(meter)  # before the epoch's validation writes a checkpoint
         return "epoch"
 
-    def _checked(self, meter: TrainMeter) -> dict[str, float]:
+    def _checked(self, meter) -> dict[str, float]:
         """The meter's statistics; a non-finite loss since the last check stops the run (before any checkpoint of
         the diverged weights is written)."""
         stats = meter.compute(self.device)
@@ -226,18 +233,18 @@ class Trainer:
             return False
         return any_rank(bool(self.stop_signal), self.device)
 
-    def _micro_step(self, x: torch.Tensor, y: torch.Tensor, meter: TrainMeter) -> None:
+    def _micro_step(self, x: torch.Tensor, y: torch.Tensor, meter) -> None:
         if self.mixup is not None:
             x, y = self.mixup(x, y)
         last_micro = (self.batch_in_epoch + 1) % self.accum == 0
         sync = contextlib.nullcontext() if last_micro or not self.env.distributed else self.net.no_sync()
         with sync:
             with self._autocast():
-                logits = self.net(x)
-                loss = self.criterion(logits, y)
+                out = self.task.forward(self.net, x, y)
+                loss = self.criterion(out, y)
             self.scaler.scale(loss / self.accum).backward()
         reset_net(self.net)
-        meter.update(time_averaged(logits.detach().float()), y, loss)
+        self.task.update_train(meter, out, y, loss)
 
     def _optimizer_step(self) -> None:
         if self.tc.grad_clip:
@@ -254,11 +261,12 @@ class Trainer:
 
     # ----------------------------------------------------------------------------------- validation
     def evaluate(self, model: nn.Module | None = None) -> dict:
-        """Validation loss, top-1/top-5 (%) and per-layer firing rates of ``model`` (default: the trained one)."""
+        """The task's validation metrics (:mod:`snn_engine.tasks`) and per-layer firing rates of ``model`` (default:
+        the trained one)."""
         dtype = torch.float64 if self.precision == "64" else None
         return evaluate_model(model if model is not None else self.model, self.val_loader(), self.device, dtype,
                               self._autocast(), int(self.tc.limit_val_batches or 0),
-                              progress=self.env.is_main and bool(self.tc.progress_bar))
+                              progress=self.env.is_main and bool(self.tc.progress_bar), task=self.task)
 
     def validate_and_checkpoint(self) -> dict:
         result = self.evaluate()
@@ -270,17 +278,17 @@ class Trainer:
             metrics.update({f"val_ema/{k}": v for k, v in ema_result.items() if k != "firing_rate"})
         self.last_val = {"step": self.step, "epoch": self.epoch, **result,
                          **{k: v for k, v in metrics.items() if k.startswith("val_ema/")}}
-        monitor = str(self.tc.monitor)
+        monitor = self.monitor
         value = metrics.get(monitor)
         if value is None:
             raise UserError(f"trainer.monitor={monitor} is not a validation metric; choose one of {sorted(metrics)}")
-        improved = not self.best or (value > self.best["value"] if self.tc.monitor_mode == "max" else value < self.best["value"])
+        improved = not self.best or (value > self.best["value"] if self.monitor_mode == "max" else value < self.best["value"])
         if improved:
             self.best = {"metric": monitor, "value": value, "step": self.step, "epoch": self.epoch,
-                         "acc1": result["acc1"], "acc5": result["acc5"], "loss": result["loss"]}
+                         **self.task.best_fields(result)}
         if self.env.is_main:
-            log.info("step %d epoch %d: val loss %.4f acc1 %.2f acc5 %.2f firing rate %.4f", self.step, self.epoch,
-                     result["loss"], result["acc1"], result["acc5"], metrics["val/firing_rate_mean"])
+            log.info("step %d epoch %d: val %s, firing rate %.4f", self.step, self.epoch, self.task.describe(result),
+                     metrics["val/firing_rate_mean"])
             self.logger.log(metrics, step=self.step)
         self.save_checkpoint(best=improved)
         return result
