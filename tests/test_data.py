@@ -105,6 +105,22 @@ def test_mnist_fixture(tmp_path, compress):
     assert torch.allclose(x[:, :, :2], torch.tensor(-0.1307 / 0.3081))  # padded with normalised zeros
 
 
+def test_mnist_random_shift_moves_training_digits_only(tmp_path):
+    info = write_mnist(tmp_path, n_train=20, n_test=10)
+    plain = MNISTData(root=info.root)
+    shifted = MNISTData(root=info.root, random_shift=2)
+    torch.manual_seed(0)
+    x_plain, x_shift = first_batch(plain.train_set(), 20)[0], first_batch(shifted.train_set(), 20)[0]
+    assert x_shift.shape == x_plain.shape and not torch.equal(x_shift, x_plain)
+    for a, b in zip(x_plain, x_shift):  # the same digit, translated by at most 2 px in each direction
+        found = [(dy, dx) for dy in range(-2, 3) for dx in range(-2, 3)
+                 if torch.allclose(torch.roll(a, (dy, dx), (1, 2)), b)]
+        assert found, "a training item is not a shift of the plain digit"
+    assert torch.equal(first_batch(shifted.val_set(), 10)[0], first_batch(plain.val_set(), 10)[0])
+    with pytest.raises(UserError, match="random_shift=16"):
+        MNISTData(root=info.root, random_shift=16)
+
+
 def test_mnist_fixture_readable_by_stock_torchvision(tmp_path):
     import torchvision
 

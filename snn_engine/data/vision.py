@@ -99,8 +99,10 @@ class MNISTData(VisionData):
     Args:
         root: folder holding ``MNIST/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz]``.
         mean, std: normalisation (per channel).
+        random_shift: training-time augmentation: each training digit moved by up to this many pixels in x and
+            y (a random crop of the image zero-padded by ``random_shift``); 0 (default) turns it off.
         Other arguments: see :class:`~snn_engine.data.base.VisionData`.
-    Items: ``(float32 [1, S, S], int)``. No augmentation.
+    Items: ``(float32 [1, S, S], int)``; validation (the official test split) is never augmented.
     """
 
     title = "MNIST"
@@ -108,30 +110,37 @@ class MNISTData(VisionData):
 
     def __init__(self, name: str = "mnist", num_classes: int = 10, in_chans: int = 1, image_size: int = 32,
                  batch_size: int = 64, num_workers: int = 2, repeated_aug: int = 0, root=None,
-                 download: bool = False, mean=MNIST_MEAN, std=MNIST_STD, mixup=None) -> None:
+                 download: bool = False, mean=MNIST_MEAN, std=MNIST_STD, mixup=None, random_shift: int = 0) -> None:
         super().__init__(name, num_classes, in_chans, image_size, batch_size, num_workers, repeated_aug,
                          root=root, download=download, mixup=mixup)
         if self.in_chans != 1 or self.num_classes != 10:
             raise UserError(f"MNIST has in_chans=1 and num_classes=10; got dataset.in_chans={in_chans}, "
                             f"dataset.num_classes={num_classes}")
+        if int(random_shift) < 0 or int(random_shift) >= self.image_size // 2:
+            raise UserError(f"dataset.random_shift={random_shift} must be between 0 (off) and "
+                            f"{self.image_size // 2 - 1} pixels")
         self.mean, self.std = float_tuple(mean, 1, "dataset.mean"), float_tuple(std, 1, "dataset.std")
+        self.random_shift = int(random_shift)
 
-    def transform(self) -> Callable:
-        """PIL digit (28x28) -> ``float32 [1, S, S]``: zero padding when S >= 28, else resizing."""
+    def transform(self, train: bool = False) -> Callable:
+        """PIL digit (28x28) -> ``float32 [1, S, S]``: zero padding when S >= 28, else resizing; for training,
+        a random shift of up to ``random_shift`` pixels."""
         extra = self.image_size - 28
         size = [T.Pad([extra // 2, extra // 2, extra - extra // 2, extra - extra // 2])] if extra >= 0 \
             else [T.Resize((self.image_size, self.image_size), antialias=True)]
-        return T.Compose([T.ToImage(), *size, T.ToDtype(torch.float32, scale=True), T.Normalize(self.mean, self.std)])
+        shift = [T.RandomCrop(self.image_size, padding=self.random_shift)] if train and self.random_shift else []
+        return T.Compose([T.ToImage(), *size, *shift, T.ToDtype(torch.float32, scale=True),
+                          T.Normalize(self.mean, self.std)])
 
     def build(self, train: bool) -> Dataset:
         """The train split (60k) or the test split (10k) used for validation."""
         root = self.require_root()
         try:
-            return MNISTFiles(str(root), train=train, transform=self.transform())
+            return MNISTFiles(str(root), train=train, transform=self.transform(train))
         except RuntimeError:
             if self.download:
                 _download(lambda: torchvision.datasets.MNIST(str(root), train=train, download=True), self.title)
-                return MNISTFiles(str(root), train=train, transform=self.transform())
+                return MNISTFiles(str(root), train=train, transform=self.transform(train))
             raise self.missing(root / "MNIST" / "raw", "train-images-idx3-ubyte, train-labels-idx1-ubyte, "
                                "t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte (or the same with .gz)",
                                download_hint=True) from None
