@@ -60,10 +60,10 @@ def build_model(cfg: DictConfig, data=None) -> torch.nn.Module:
     """The model of ``cfg.model`` with neurons from ``cfg.neuron``.
 
     Model configs may read attributes of the instantiated data set with ``${data:NAME}`` (for example the
-    vocabulary size of a token data set, ``${data:vocab_size}``); ``data`` is the object they refer to.
+    vocabulary size of a token data set, ``${data:vocab_size}``); ``data`` is the object they refer to (without it,
+    such a reference is an error, never an earlier build's data set).
     """
-    if data is not None:
-        _BOUND_DATA[0] = data
+    _BOUND_DATA[0] = data
     neuron = instantiate(cfg.neuron)
     return instantiate(cfg.model, neuron=neuron)
 

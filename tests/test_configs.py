@@ -12,9 +12,17 @@ from tests.helpers import REPO, compose_train
 MODELS = sorted(p.stem for p in (REPO / "conf" / "model").glob("*.yaml"))
 DATASETS = sorted(p.stem for p in (REPO / "conf" / "dataset").glob("*.yaml"))
 VISION = ["cifar10", "cifar100", "imagenet", "mnist", "shapes"]
-SEQUENCE = sorted(set(DATASETS) - set(VISION))
-PAIRS = [(m, d) for m in MODELS for d in (VISION if m.startswith("sparse_mlp") else SEQUENCE)
-         if (m == "spiking_ssm_retrieval") == (d == "lra_retrieval")]
+LANGUAGE = ["lm_grammar", "wikitext103"]
+SEQUENCE = sorted(set(DATASETS) - set(VISION) - set(LANGUAGE))
+
+
+def _datasets_of(model: str) -> list[str]:
+    if model.startswith("sparse_mlp"):
+        return VISION
+    return LANGUAGE if model == "spiking_ssm_lm" else SEQUENCE
+
+
+PAIRS = [(m, d) for m in MODELS for d in _datasets_of(m) if (m == "spiking_ssm_retrieval") == (d == "lra_retrieval")]
 EXPERIMENTS = sorted(str(p.relative_to(REPO / "conf" / "experiment").with_suffix(""))
                      for p in (REPO / "conf" / "experiment").rglob("*.yaml"))
 GROUPS = ["neuron", "optimizer", "scheduler", "loss", "trainer", "logger"]
@@ -36,6 +44,8 @@ def test_every_model_dataset_pair_instantiates(model, dataset):
     assert data.num_classes == cfg.dataset.num_classes and data.batch_size > 0
     if model.startswith("sparse_mlp"):
         assert net.num_classes == data.num_classes and data.in_chans in (1, 3)
+    elif model == "spiking_ssm_lm":
+        assert data.task == net.task == "language_model" and data.vocab_size == cfg.model.vocab_size
     else:
         last = [m for m in net.modules() if isinstance(m, torch.nn.Linear)][-1]
         assert last.out_features == data.num_classes
@@ -67,13 +77,15 @@ SSM_PARAMS = {"lra/listops": 0.82e6, "lra/text": 0.82e6, "lra/retrieval": 1.09e6
 def test_every_experiment_composes_and_builds(experiment):
     cfg = compose_train([f"experiment={experiment}", "paths.data=/nonexistent"])
     data = instantiate(cfg.dataset)
-    vision = experiment.startswith(("imagenet/", "cifar/"))
+    vision = experiment.startswith(("imagenet/", "cifar/", "mnist/"))
     with torch.device("meta" if vision else "cpu"):  # the SDN neuron loads its packaged weights: not on meta
         net = build_model(cfg, data)
     params = sum(p.numel() for p in net.parameters())
     if experiment.startswith(("imagenet/", "cifar/")):
         assert params > 1_000_000
         assert cfg.optimizer.lr == 0.1 and cfg.optimizer._target_ == "torch.optim.SGD" and cfg.trainer.epochs == 100
+    elif experiment.startswith("mnist/"):  # a small CPU recipe: the sparse-MLP with shift augmentation
+        assert 100_000 < params < 2_000_000 and cfg.dataset.random_shift > 0 and cfg.model.T == 4
     else:
         assert cfg.neuron.kind == "sdn" and cfg.neuron_profile == "spiking_ssm"
         assert cfg.optimizer._target_ == "torch.optim.AdamW" and cfg.scheduler.interval == "step"

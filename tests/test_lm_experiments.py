@@ -1,0 +1,70 @@
+"""The language-modelling recipes end to end: the embedded LM trains, evaluates (valid and test) and generates; the
+WikiText-103 recipe builds at the paper's 75.4M parameters and trains two steps on a fixture (issue 10)."""
+
+import pytest
+import torch
+from hydra.utils import instantiate
+
+from snn_engine import run
+from snn_engine.run import build_model
+from spiking_ssm.generate import main as generate_main
+from tests.helpers import compose_train, read_summary
+from tests.lm_fixtures import write_wikitext
+
+QUIET = ["logger=none", "trainer.progress_bar=false", "trainer.accelerator=cpu", "trainer.precision=32"]
+
+
+def test_embedded_lm_learns_evaluates_on_both_splits_and_generates(tmp_path, capsys):
+    small = ["dataset.train_tokens=80000", "dataset.val_tokens=4000", "dataset.test_tokens=4000", "dataset.max_length=64",
+             "model.d_model=64", "trainer.epochs=2", "scheduler.warmup=10"]
+    cfg = compose_train(["experiment=lm/embedded"] + QUIET + small)
+    summary = run.train(cfg, tmp_path / "run")
+    final = summary["final"]
+    assert summary["task"] == "language_model" and summary["tokens_per_s"] > 0
+    assert summary["best"]["metric"] == "val/ppl" and final["tokens"] == 3999
+    assert final["ppl"] < 20  # uniform over the 69 words: 69; the language's best: 6.57
+    assert final["bits_per_token"] == pytest.approx(final["loss"] / 0.6931471805599453)
+
+    ckpt = tmp_path / "run" / "checkpoints" / "best.pt"
+    eval_cfg = compose_eval_cfg(ckpt)
+    evaluated = run.evaluate(eval_cfg, tmp_path / "eval", [])
+    assert evaluated["val"]["ppl"] == pytest.approx(final["ppl"], rel=1e-5)
+    assert evaluated["test"]["tokens"] == 3999 and evaluated["test"]["ppl"] < 20
+    assert evaluated["energy_pj_per_token"] > 0 and read_summary(tmp_path / "eval")["task"] == "language_model"
+
+    capsys.readouterr()
+    assert generate_main([f"ckpt={ckpt}", "prompt=the dog", "max_new_tokens=12", "seed=0"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("the dog ") and "tokens/s" in out and "spikes per token" in out
+
+
+def compose_eval_cfg(ckpt):
+    from hydra import compose, initialize_config_dir
+
+    from tests.helpers import REPO
+
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        return compose(config_name="eval", overrides=[f"ckpt={ckpt}", "logger=none"])
+
+
+def test_wt103_recipe_builds_at_the_papers_size():
+    cfg = compose_train(["experiment=lm/wt103", "paths.data=/nonexistent", "neuron=lif"])  # meta: no SDN weights
+    assert (cfg.optimizer.lr, cfg.optimizer.weight_decay, cfg.model.ssm_lr) == (5e-4, 0.1, 1e-3)
+    assert (cfg.scheduler.warmup, cfg.scheduler.total, cfg.dataset.max_length, cfg.seed) == (1000, 800_000, 8192, 1111)
+    assert list(cfg.model.cutoffs) == [19997, 39997, 199997] and cfg.loss._target_.endswith("TokenNLL")
+    data = instantiate(cfg.dataset)  # the vocabulary size comes from the config (267,735): no file is read yet
+    with torch.device("meta"):
+        model = build_model(cfg, data)
+    assert sum(p.numel() for p in model.backbone.parameters()) == 35_766_272
+    assert sum(p.numel() for p in model.parameters()) == 75_399_034  # the reference's 35.77M + 39.63M = 75.4M
+
+
+def test_wt103_recipe_trains_two_steps_on_a_fixture(tmp_path):
+    info = write_wikitext(tmp_path / "data")
+    overrides = ["experiment=lm/wt103", f"paths.data={info.root}", "dataset.vocab_size=null", "dataset.num_classes=null",
+                 "dataset.max_length=32", "model.cutoffs=[20,40]", "trainer.max_steps=2", "trainer.val_every_n_steps=2",
+                 "trainer.limit_val_batches=1"] + QUIET
+    summary = run.train(compose_train(overrides), tmp_path / "run")
+    assert summary["step"] == 2 and summary["status"] == "finished"
+    assert summary["final"]["tokens"] > 0 and summary["final"]["loss"] > 0
+    assert summary["num_params"] > 35_766_272  # the full-width backbone, a fixture-size vocabulary
