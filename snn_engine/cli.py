@@ -22,11 +22,27 @@ def task_overrides() -> list[str]:
     return [o for o in HydraConfig.get().overrides.task if not o.startswith(("hydra.", "hydra/"))]
 
 
+def user_error_in(error: BaseException) -> UserError | None:
+    """The :class:`UserError` behind ``error``: itself, or the cause of a wrapper such as Hydra's
+    ``InstantiationException`` (raised when a model or data constructor rejects its config); else ``None``."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, UserError):
+            return error
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return None
+
+
 def guarded(main: Callable[[], int | None]) -> int:
-    """Run ``main``; a :class:`UserError` becomes one line on stderr and exit status 1."""
+    """Run ``main``; a :class:`UserError` (also one wrapped by Hydra's instantiation) becomes one line on stderr
+    and exit status 1."""
     try:
         return int(main() or 0)
-    except UserError as error:
+    except Exception as raised:
+        error = user_error_in(raised)
+        if error is None:
+            raise
         logging.getLogger("snn_engine").debug("user error", exc_info=True)
         print(f"error: {error}", file=sys.stderr)
         remove_hydra_leftovers(run_dir())

@@ -107,6 +107,14 @@ def test_unknown_config_value_lists_options(tmp_path):
     assert "no_such_model" in done.stderr and "sparse_mlp_s" in done.stderr
 
 
+def test_constructor_error_through_hydra_is_one_line(tmp_path):
+    done = run_cli("train.py", ["model.dim=32", "logger=none", f"paths.output={tmp_path / 'out'}"], tmp_path)
+    assert done.returncode == 1
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert lines[-1].startswith("error: model.dim=32 must be a multiple of 3"), done.stderr[-2000:]
+    assert "Traceback" not in done.stderr and "InstantiationException" not in done.stderr
+
+
 def test_unavailable_neuron_implementation_is_an_error(tmp_path):
     with pytest.raises(UserError, match="needs a CUDA device"):
         run.train(compose_train(TINY + ["neuron.implementation=cuda"]), tmp_path)
