@@ -147,3 +147,38 @@ def make_events(n: int = 500, duration_us: int = 2_000_000, seed: int = 0) -> np
     events["p"] = rng.integers(0, 2, n).astype(bool)
     events["t"] = np.sort(rng.integers(1000, 1000 + duration_us, n))
     return events
+
+
+#: lighting conditions of the DVS128 Gesture sessions (folder ``user<NN>_<lighting>``)
+DVS_LIGHTINGS = ("fluorescent", "fluorescent_led", "lab", "led", "natural")
+
+
+def write_dvs_gesture(root: str | Path, users: int = 5, lightings: int = 2, n_events: int = 300,
+                      duration_ms: int = 2500, seed: int = 0) -> Fixture:
+    """Write tonic's extracted DVS128 Gesture below ``root`` (= tonic's ``save_to``), one split per folder:
+
+    ``root/DVSGesture/ibmGesture{Train,Test}/user<NN>_<lighting>/<label>.npy`` for labels 0-10, each a
+    ``float64 [n_events, 4]`` array of columns ``x, y, p, t`` (t in whole milliseconds from 7 ms, sorted,
+    spanning up to ``duration_ms``), plus an empty ``ibmGesture{Train,Test}.tar.gz`` standing in for the archive.
+    tonic reads the folders only when the archive exists and a split holds >= 100 ``.npy`` files, so the
+    defaults write 5 users x 2 lightings x 11 labels = 110 recordings per split (train users 1-5, test 24-28).
+    ``folder`` is ``root/DVSGesture``; ``n_train``/``n_val`` count recordings.
+    """
+    root = Path(root)
+    folder = root / "DVSGesture"
+    rng = np.random.default_rng(seed)
+    for name, first_user in (("ibmGestureTrain", 1), ("ibmGestureTest", 24)):
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"{name}.tar.gz").write_bytes(b"")
+        for user in range(first_user, first_user + users):
+            for lighting in DVS_LIGHTINGS[:lightings]:
+                session = folder / name / f"user{user:02d}_{lighting}"
+                session.mkdir(parents=True, exist_ok=True)
+                for label in range(11):
+                    events = np.empty((n_events, 4))
+                    events[:, 0:2] = rng.integers(0, 128, (n_events, 2))
+                    events[:, 2] = rng.integers(0, 2, n_events)
+                    events[:, 3] = np.sort(rng.integers(7, 7 + duration_ms, n_events))
+                    np.save(session / f"{label}.npy", events)
+    n = users * lightings * 11
+    return Fixture(root, folder, 11, n, n)

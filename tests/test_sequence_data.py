@@ -7,6 +7,7 @@ import ast
 import pickle
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -23,7 +24,7 @@ from snn_engine.errors import UserError
 from tests.conftest import SHARED_DATA
 from tests.seq_fixtures import (
     LISTOPS_KNOWN, make_events, write_aan, write_cifar10, write_imdb, write_listops_tsv, write_mnist,
-    write_pathfinder, write_speech_commands)
+    write_dvs_gesture, write_pathfinder, write_speech_commands)
 
 ID_TO_TOKEN = {i: t for t, i in LISTOPS_VOCAB.items()}
 
@@ -347,7 +348,92 @@ def test_dvs_gesture_without_tonic_says_how_to_install(tmp_path, monkeypatch):
     data = DVSGesture(root=tmp_path)
     assert (data.seq_len, data.d_input, data.num_classes) == (4352, 64, 11)
     monkeypatch.setitem(sys.modules, "tonic", None)  # import tonic -> ImportError, installed or not
-    with pytest.raises(UserError, match="uv add tonic"):
+    with pytest.raises(UserError, match=r"tonic package, which is not installed.*`uv sync --extra dvs`.*make setup"):
         data.train_set()
     with pytest.raises(UserError, match="dataset.polarity"):
         DVSGesture(polarity="max")
+
+
+@pytest.fixture(scope="module")
+def gesture_root(tmp_path_factory):
+    """tonic (skipping without it) with its downloader disabled, and a fixture in tonic's layout."""
+    tonic = pytest.importorskip("tonic", reason="tonic (the dvs extra: uv sync --extra dvs) is not installed")
+
+    def no_network(self):
+        raise AssertionError(f"tonic tried to download {self.url}")
+
+    patch = pytest.MonkeyPatch()
+    patch.setattr(tonic.datasets.DVSGesture, "download", no_network)
+    yield write_dvs_gesture(tmp_path_factory.mktemp("dvs"))
+    patch.undo()
+
+
+def slice_events(path: str, k: int, slice_ms: float = 1700.0) -> np.ndarray:
+    """The raw ``[N, 4]`` rows (``x, y, p, t`` in ms) of a fixture recording that fall in slice ``k``."""
+    raw = np.load(path)
+    start = raw[:, 3].min() + k * slice_ms
+    return raw[(raw[:, 3] >= start) & (raw[:, 3] < start + slice_ms)]
+
+
+def test_dvs_gesture_reads_tonic_layout_through_tonic(gesture_root):
+    data = DVSGesture(root=gesture_root.root, slices_per_sample=2)
+    train, val = data.train_set(), data.val_set()
+    assert (len(train), len(val)) == (2 * gesture_root.n_train, 2 * gesture_root.n_val) == (220, 220)
+    for split, users in ((train, range(1, 6)), (val, range(24, 29))):
+        paths, labels = split.recordings.data, split.recordings.targets
+        assert sorted(labels) == sorted(list(range(11)) * 10)  # every label once per session
+        assert labels == [int(Path(p).stem) for p in paths] and set(split.recordings.users) == set(users)
+        assert paths == sorted(paths)  # the same order on every file system (tonic lists in os.walk order)
+        assert split.recordings.users == [int(Path(p).parent.name.split("_")[0][4:]) for p in paths]
+    x, y = train[3]
+    assert x.shape == (68 * 64, 64) and x.dtype == torch.float32 and y == train.recordings.targets[3]
+    assert val[110 + 5][1] == val.recordings.targets[5]  # slice 1 of recording 5
+    stacked = DVSGesture(root=gesture_root.root, polarity="stack").train_set()
+    assert len(stacked) == 110 and stacked.recordings.data[3] == train.recordings.data[3]
+    both = stacked[3][0]  # polarity 0's pooled row, then polarity 1's; "mean" averages the two
+    assert both.shape == (68 * 64, 128) and torch.equal(x, (both[:, :64] + both[:, 64:]) / 2)
+    assert float(x.sum()) > 0
+
+
+def test_dvs_gesture_frames_match_an_independent_binning(gesture_root):
+    counts = DVSGesture(root=gesture_root.root, slices_per_sample=2, pool=1, polarity="sum").train_set()
+    n = len(counts.recordings)
+    for r in (0, 7):
+        path = counts.recordings.data[r]
+        first, second = slice_events(path, 0), slice_events(path, 1)
+        assert len(first) > 0 and len(second) > 0 and len(first) + len(second) == 300
+        for k, rows in ((0, first), (1, second)):
+            x = counts[k * n + r][0]
+            assert x.shape == (68 * 128, 128) and float(x.sum()) == len(rows)
+    # one pooled pixel by hand: 25 ms frame f, 2x2 block (yy, xx), max over the block per polarity, then mean
+    path = counts.recordings.data[0]
+    rows = slice_events(path, 0)
+    f = int((rows[40, 3] - rows[:, 3].min()) // 25)
+    yy, xx = int(rows[40, 1]) // 2, int(rows[40, 0]) // 2
+    in_frame = rows[(rows[:, 3] - rows[:, 3].min()) // 25 == f]
+    pooled = [max(int(((in_frame[:, 0] == 2 * xx + dx) & (in_frame[:, 1] == 2 * yy + dy) & (in_frame[:, 2] == p)).sum())
+                  for dy in (0, 1) for dx in (0, 1)) for p in (0, 1)]
+    mean = DVSGesture(root=gesture_root.root).train_set()
+    assert mean.recordings.data[0] == path and sum(pooled) >= 1
+    assert float(mean[0][0][f * 64 + yy, xx]) == pytest.approx(sum(pooled) / 2)
+
+
+def test_dvs_gesture_split_pickles_for_worker_processes(gesture_root):
+    split = DVSGesture(root=gesture_root.root).val_set()
+    copy = pickle.loads(pickle.dumps(split))
+    assert len(copy) == len(split) and torch.equal(copy[9][0], split[9][0]) and copy[9][1] == split[9][1]
+
+
+def test_dvs_gesture_download_false_never_downloads(gesture_root, tmp_path):
+    with pytest.raises(UserError, match=r"not found at .*ibmGestureTrain: .*dataset\.download=true") as empty:
+        DVSGesture(root=tmp_path / "none").train_set()
+    assert "\n" not in str(empty.value)
+    few = write_dvs_gesture(tmp_path / "few", users=1, lightings=1)  # 11 recordings: tonic would download
+    with pytest.raises(UserError, match=r"ibmGestureTest: .*at least 100 recordings.*ibmGestureTest\.tar\.gz"):
+        DVSGesture(root=few.root).val_set()
+    (gesture_root.folder / "ibmGestureTrain.tar.gz").rename(tmp_path / "away.tar.gz")  # archive deleted
+    try:
+        with pytest.raises(UserError, match="an empty file of that name will do"):
+            DVSGesture(root=gesture_root.root).train_set()
+    finally:
+        (tmp_path / "away.tar.gz").rename(gesture_root.folder / "ibmGestureTrain.tar.gz")

@@ -6,13 +6,16 @@ parameter counts checked) in ``test_configs.py``. The neuron is the recipe's pac
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 
 from snn_engine import run
 from snn_engine.errors import UserError
 from tests.data_fixtures import write_cifar10, write_mnist
 from tests.helpers import compose_train
-from tests.seq_fixtures import write_aan, write_imdb, write_listops_tsv, write_pathfinder, write_speech_commands
+from tests.seq_fixtures import (
+    write_aan, write_dvs_gesture, write_imdb, write_listops_tsv, write_pathfinder, write_speech_commands)
 
 FIXTURES = {
     "lra/listops": lambda root: write_listops_tsv(root, n_train=16, n_val=8),
@@ -43,15 +46,23 @@ def test_experiment_trains_two_steps_on_its_fixture(experiment, tmp_path):
     assert 0.0 <= rates["overall"] <= 1.0 and rates["sparsity"] == pytest.approx(1 - rates["overall"])
 
 
-def test_dvs_gesture_without_tonic_says_how_to_install_it(tmp_path):
-    try:
-        import tonic  # noqa: F401
-    except ImportError:
-        cfg = compose_train(["experiment=seq/dvs_gesture", f"paths.data={tmp_path}", *SMALL])
-        with pytest.raises(UserError, match="tonic"):
-            run.train(cfg, tmp_path / "run")
-    else:
-        pytest.skip("tonic is installed; the fixture-free error path does not apply")
+def test_dvs_gesture_without_tonic_says_how_to_install_it(tmp_path, monkeypatch):
+    cfg = compose_train(["experiment=seq/dvs_gesture", f"paths.data={tmp_path}", *SMALL])
+    monkeypatch.setitem(sys.modules, "tonic", None)  # import tonic -> ImportError, installed or not
+    with pytest.raises(UserError, match=r"tonic.*not installed.*`uv sync --extra dvs`.*make setup"):
+        run.train(cfg, tmp_path / "run")
+
+
+@pytest.mark.slow
+def test_dvs_gesture_experiment_trains_two_steps_through_tonic(tmp_path):
+    tonic = pytest.importorskip("tonic", reason="tonic (the dvs extra: uv sync --extra dvs) is not installed")
+    fixture = write_dvs_gesture(tmp_path / "data")
+    cfg = compose_train(["experiment=seq/dvs_gesture", f"paths.data={fixture.root}", *SMALL])
+    assert cfg.dataset.root == str(fixture.root) and not cfg.dataset.get("download", False)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(tonic.datasets.DVSGesture, "download", lambda self: pytest.fail("tonic tried to download"))
+        summary = run.train(cfg, tmp_path / "run")
+    assert summary["status"] == "finished" and summary["step"] == 2
 
 
 @pytest.mark.parametrize("dataset", ["lra_listops", "lra_text", "lra_retrieval", "lra_image", "lra_pathfinder",

@@ -7,9 +7,18 @@ flattened so that each frame row is one step: ``float32 [T * 64, 64]`` = ``[4352
 (``"stack"``: ``[4352, 128]``). This follows the reference recipe (spiking_ssm_reference.md section 3).
 
 The events come from ``tonic.datasets.DVSGesture(save_to=root)`` (structured arrays with fields
-``x, y, p, t``, t in microseconds), which keeps the data at ``<root>/DVSGesture/ibmGesture{Train,Test}``.
-``tonic`` is imported only when a split is built; the validation split is the official test split.
-Nothing is downloaded unless ``download=True``.
+``x, y, p, t``, t in microseconds). ``tonic`` is the project's ``dvs`` extra (``uv sync --extra dvs``, or
+``make setup``, which installs every extra) and is imported only when a split is built. Its layout on disk,
+as tonic 1.7 reads it::
+
+    <root>/DVSGesture/ibmGestureTrain.tar.gz        the downloaded archive (tonic only checks it exists)
+    <root>/DVSGesture/ibmGestureTrain/user01_fluorescent/0.npy ... 10.npy
+    <root>/DVSGesture/ibmGestureTest.tar.gz, ibmGestureTest/user24_led/...   (users 24-29)
+
+one recording per ``<label>.npy`` (label 0-10 from the file name), an array ``[N, 4]`` of columns
+``x, y, p, t`` with t in milliseconds (tonic multiplies it by 1000). tonic downloads again unless the
+archive is present and the split folder holds at least 100 ``.npy`` files; here nothing is downloaded
+unless ``download=True``. The validation split is the official test split.
 """
 
 from __future__ import annotations
@@ -94,7 +103,7 @@ class GestureSlices(Dataset):
 
 
 class DVSGesture(SequenceData):
-    """DVS128 Gesture as row sequences (needs ``tonic``: ``uv add tonic``).
+    """DVS128 Gesture as row sequences (needs ``tonic``, the ``dvs`` extra: ``uv sync --extra dvs``).
 
     Args:
         root: the folder given to tonic as ``save_to`` (holding ``DVSGesture/ibmGestureTrain`` and
@@ -135,13 +144,40 @@ class DVSGesture(SequenceData):
         try:
             import tonic
         except ImportError:
-            raise UserError("DVS128 Gesture is read through the tonic package, which is not installed; run "
-                            "`uv add tonic` (or `pip install tonic`) or choose another dataset=") from None
+            raise UserError("DVS128 Gesture is read through the tonic package, which is not installed; install the "
+                            "project's dvs extra (`uv sync --extra dvs`, or `make setup`, which installs every extra) "
+                            "or choose another dataset=") from None
         root = self.require_root()
-        folder = root / "DVSGesture" / ("ibmGestureTrain" if split == "train" else "ibmGestureTest")
-        if not folder.is_dir() and not self.download:
-            raise self.missing(folder, "tonic's DVSGesture folders <root>/DVSGesture/ibmGesture{Train,Test}; or set "
-                                       "dataset.download=true to let tonic fetch them")
-        recordings = tonic.datasets.DVSGesture(save_to=str(root), train=split == "train")
+        name = "ibmGestureTrain" if split == "train" else "ibmGestureTest"
+        refusal = self.missing(root / "DVSGesture" / name,
+                               f"tonic's extracted {name}/user*/<label>.npy (at least 100 recordings) beside "
+                               f"{name}.tar.gz (an empty file of that name will do); or set dataset.download=true "
+                               "to let tonic fetch them")
+        recordings = open_tonic_split(tonic, root, split == "train", self.download, refusal)
         return GestureSlices(recordings, self.slices_per_sample, self.slice_us, self.frame_us, self.n_frames,
                              self.pool, self.polarity)
+
+
+def open_tonic_split(tonic, root, train: bool, download: bool, refusal: Exception):
+    """tonic's DVSGesture reader of one split below ``root``, raising ``refusal`` where tonic would download
+    and ``download`` is false (tonic decides what counts as present; see the module docstring).
+
+    Items are ``(events, label)``: structured ``x, y`` (int16), ``p`` (bool), ``t`` (int64, us) and an int.
+    """
+
+    class DVSGesture(tonic.datasets.DVSGesture):  # tonic keeps the data below <save_to>/<class name>
+        def download(self) -> None:
+            if not download:
+                raise refusal
+            super().download()
+
+    reader = DVSGesture(save_to=str(root), train=train)
+    reader.__class__ = tonic.datasets.DVSGesture  # drop the local guard class so the split pickles (workers)
+    # tonic lists recordings in os.walk order, which depends on the file system: sort them by path so a seeded
+    # shuffle gives the same batches on every machine
+    order = sorted(range(len(reader.data)), key=lambda i: reader.data[i])
+    for name in ("data", "targets", "users", "lighting"):
+        values = getattr(reader, name, None)
+        if isinstance(values, list) and len(values) == len(order):
+            setattr(reader, name, [values[i] for i in order])
+    return reader
