@@ -14,6 +14,7 @@ from spiking_ssm.lif_traces import generate_traces, lif_reference, lif_time_majo
 from spiking_ssm.neurons import SDNNeuron, SLTTLIFNeuron, make_ssm_neuron, packaged_weights
 from spiking_ssm.pretrain_sdn import main as pretrain_main
 from spiking_ssm.sdn import SDN, ReducedSDN, load_reduced, reduce_sdn, save_reduced
+from spiking_ssm.sdn_training import alive_penalty, forward_parts
 
 TAU = 0.125
 WEIGHTS = packaged_weights(TAU)
@@ -230,11 +231,42 @@ def test_sltt_forward_equals_lif_but_gradients_differ():
 def test_pretrain_pipeline_tiny_run(tmp_path, capsys):
     out = tmp_path / "tiny.pt"
     record = pretrain_main(["--train-seqs", "64", "--val-seqs", "16", "--test-seqs", "16", "--length", "128",
-                            "--epochs", "2", "--finetune-epochs", "1", "--out", str(out)])
+                            "--epochs", "2", "--finetune-epochs", "1", "--suite-seqs", "2", "--no-suite-real",
+                            "--out", str(out)])
     log = capsys.readouterr().out
-    assert "epoch   2/2" in log and "val_spike_agreement" in log
+    assert "epoch   2/2" in log and "val_spike_agreement" in log and "| U(-1,3) |" in log
     meta = json.loads(out.with_suffix(".json").read_text())
     assert meta["sha256"] == hashlib.sha256(out.read_bytes()).hexdigest() == record["sha256"]
     assert meta["reduction_max_abs_diff_float64"] < 1e-10
-    assert "--epochs 2" in meta["command"]
+    assert "--epochs 2" in meta["command"] and meta["data"] == "mixture" and meta["loss"] == "l1"
+    assert meta["suite"]["seqs"] == 2 and 0 <= meta["suite"]["results"]["N(0,3^2)"]["spike_agreement"] <= 1
     assert float(load_reduced(out).tau) == TAU
+
+
+def test_training_forward_parts_and_keep_alive_penalty():
+    model = _randomised_sdn(4)
+    x = torch.randn(3, 50, generator=torch.Generator().manual_seed(16))
+    for training in (True, False):
+        model.train(training)
+        m_hat, z1, z2 = forward_parts(model, x)
+        assert z1.shape == z2.shape == (3, 8, 50)
+        assert torch.allclose(m_hat, model(x), atol=1e-6)
+    alive = torch.ones(2, 8, 5)
+    dead = alive.clone()
+    dead[:, 3] = -1.0  # never active
+    assert alive_penalty(alive, alive, 0.1).item() == 0.0
+    assert alive_penalty(alive, dead, 0.1).item() == pytest.approx(1.1)
+
+
+def test_pretrain_default_recipe_is_deterministic_and_checks_its_arguments(tmp_path, capsys):
+    args = ["--train-seqs", "32", "--val-seqs", "8", "--test-seqs", "4", "--length", "64", "--finetune-epochs", "2",
+            "--warmup-steps", "1", "--suite-seqs", "1", "--no-suite-real"]
+    first = pretrain_main(args + ["--out", str(tmp_path / "a" / "w.pt")])
+    second = pretrain_main(args + ["--out", str(tmp_path / "b" / "w.pt")])  # same name: torch.save records it
+    log = capsys.readouterr().out
+    assert "finetune   2/2" in log and "epoch   1/" not in log  # --epochs 0: BatchNorm frozen from the start
+    assert first["sha256"] == second["sha256"] and first["bn_recalibrated"]
+    with pytest.raises(UserError, match="--train-seqs 0"):
+        pretrain_main(["--train-seqs", "0"])
+    with pytest.raises(UserError, match="nothing would be trained"):
+        pretrain_main(args + ["--finetune-epochs", "0", "--out", str(tmp_path / "c.pt")])
