@@ -20,10 +20,11 @@ except ImportError:
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
-# the vision data-set configs (sequence configs are tested in test_configs.py and test_ssm_experiments.py)
+# the vision data-set configs (sequence configs are tested in test_configs.py and test_ssm_experiments.py, the
+# language ones in test_lm_data.py)
 CONFIGS = sorted(p for p in (REPO / "conf" / "dataset").glob("*.yaml")
                  if str(OmegaConf.load(p).get("_target_", "")).startswith("snn_engine.data.")
-                 and ".sequence." not in str(OmegaConf.load(p).get("_target_", "")))
+                 and not any(part in str(OmegaConf.load(p).get("_target_", "")) for part in (".sequence.", ".language.")))
 RECIPE_MIXUP = dict(mixup_alpha=0.8, cutmix_alpha=1.0, prob=1.0, switch_prob=0.5, mode="batch", label_smoothing=0.1)
 
 
