@@ -68,3 +68,24 @@ def test_wt103_recipe_trains_two_steps_on_a_fixture(tmp_path):
     assert summary["step"] == 2 and summary["status"] == "finished"
     assert summary["final"]["tokens"] > 0 and summary["final"]["loss"] > 0
     assert summary["num_params"] > 35_766_272  # the full-width backbone, a fixture-size vocabulary
+
+
+def test_two_process_lm_training_equals_one_process(tmp_path):
+    """DDP for the language model: same weights, and every validation token counted once (no sampler padding)."""
+    from tests.helpers import load_weights, run_cli
+
+    common = QUIET + ["experiment=lm/embedded", "trainer.precision=64", "trainer.epochs=1", "trainer.limit_train_batches=2",
+                      "dataset.train_tokens=20000", "dataset.val_tokens=1500", "dataset.test_tokens=1500",
+                      "dataset.max_length=32", "model.d_model=32", "model.n_layers=1", "dataset.num_workers=0",
+                      "optimizer.lr=0.01", "scheduler.warmup=0", f"paths.output={tmp_path}"]
+    single = run_cli("train.py", common + ["run_name=one", "dataset.batch_size=8"], tmp_path)
+    assert single.returncode == 0, single.stderr[-3000:]
+    double = run_cli("train.py", common + ["run_name=two", "dataset.batch_size=4"], tmp_path, torchrun_procs=2)
+    assert double.returncode == 0, double.stderr[-3000:]
+    one, two = read_summary(tmp_path / "lm_embedded" / "one"), read_summary(tmp_path / "lm_embedded" / "two")
+    assert two["world_size"] == 2 and one["step"] == two["step"] == 2
+    assert one["final"]["tokens"] == two["final"]["tokens"] == 1499  # 47 samples: rank 0 scores 24, rank 1 23
+    assert one["final"]["loss"] == pytest.approx(two["final"]["loss"], rel=1e-9)
+    wa, wb = load_weights(tmp_path / "lm_embedded" / "one"), load_weights(tmp_path / "lm_embedded" / "two")
+    for key in wa:
+        assert torch.allclose(wa[key], wb[key], rtol=1e-7, atol=1e-9), key
