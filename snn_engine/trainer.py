@@ -273,6 +273,7 @@ class Trainer:
         metrics = {f"val/{k}": v for k, v in result.items() if k != "firing_rate"}
         metrics["val/firing_rate_mean"] = result["firing_rate"].get("overall", float("nan"))
         metrics.update({f"firing_rate/{k}": v for k, v in result["firing_rate"].items()})
+        ema_result = None
         if self.ema is not None:
             ema_result = self.evaluate(self.ema.module)
             metrics.update({f"val_ema/{k}": v for k, v in ema_result.items() if k != "firing_rate"})
@@ -287,8 +288,9 @@ class Trainer:
             self.best = {"metric": monitor, "value": value, "step": self.step, "epoch": self.epoch,
                          **self.task.best_fields(result)}
         if self.env.is_main:
-            log.info("step %d epoch %d: val %s, firing rate %.4f", self.step, self.epoch, self.task.describe(result),
-                     metrics["val/firing_rate_mean"])
+            ema_text = f"; EMA weights: {self.task.describe(ema_result)}" if ema_result is not None else ""
+            log.info("step %d epoch %d: val %s, firing rate %.4f%s", self.step, self.epoch, self.task.describe(result),
+                     metrics["val/firing_rate_mean"], ema_text)
             self.logger.log(metrics, step=self.step)
         self.save_checkpoint(best=improved)
         return result

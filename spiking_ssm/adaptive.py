@@ -231,7 +231,10 @@ class AdaptiveSoftmax(nn.Module):
         """``-log p(targets)``: hidden [..., d_model], targets [...] int64 -> [...] (0 where -100; float32/64)."""
         flat, target = hidden.reshape(-1, self.d_model), targets.reshape(-1)
         valid = target != IGNORE_INDEX
-        if bool((valid & ((target < 0) | (target >= self.vocab_size))).any()):
+        # checked on CPU outside compiled graphs only: elsewhere it would cost a device synchronisation or a graph
+        # break every step (on CUDA the gather below asserts on a bad id instead)
+        if (target.device.type == "cpu" and not torch.compiler.is_compiling()
+                and bool((valid & ((target < 0) | (target >= self.vocab_size))).any())):
             raise ValueError(f"targets must be token ids in [0, {self.vocab_size}) or {IGNORE_INDEX} (ignored)")
         safe = torch.where(valid, target, torch.zeros_like(target))
         head = F.log_softmax(self.cluster_logits(flat, 0), dim=-1)

@@ -98,8 +98,9 @@ class SpikingSSMLanguageModel(nn.Module):
         if tokens.ndim != 2:
             raise ValueError(f"expected token ids [B, L], got shape {tuple(tokens.shape)}")
         tokens = tokens.long()
-        # checked where it costs no device synchronisation (on CUDA the embedding lookup asserts instead)
-        if tokens.device.type == "cpu" and tokens.numel() and bool(((tokens < 0) | (tokens >= self.vocab_size)).any()):
+        # checked where it costs no device synchronisation (on CUDA the embedding lookup asserts instead) and
+        # outside compiled graphs (a data-dependent branch breaks the graph)
+        if tokens.device.type == "cpu" and not torch.compiler.is_compiling() and tokens.numel() and bool(((tokens < 0) | (tokens >= self.vocab_size)).any()):
             raise ValueError(f"token ids must lie in [0, {self.vocab_size})")
         x = self.embed(tokens).transpose(1, 2)  # [B, H, L]
         return self.backbone(x).transpose(1, 2)

@@ -136,9 +136,12 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     assert state["step"] >= 1
 
 
-def test_ema_accumulation_and_eval_of_ema_weights(tmp_path):
+def test_ema_accumulation_and_eval_of_ema_weights(tmp_path, caplog):
     cfg = TINY + ["trainer.epochs=1", "trainer.grad_accum=2", "trainer.ema_decay=0.5", "trainer.grad_clip=1.0"]
-    summary = run.train(compose_train(cfg), tmp_path / "t")
+    with caplog.at_level("INFO", logger="snn_engine.trainer"):
+        summary = run.train(compose_train(cfg), tmp_path / "t")
+    ema_acc = summary["final"]["val_ema/acc1"]
+    assert any("; EMA weights: loss" in r.getMessage() and f"acc1 {ema_acc:.2f}" in r.getMessage() for r in caplog.records)
     assert summary["step"] == (192 // 32) // 2  # one optimizer step per two micro-batches
     assert "val_ema/acc1" in summary["final"]
     state = torch.load(tmp_path / "t" / "checkpoints" / "last.pt", weights_only=True)

@@ -31,6 +31,7 @@ IMPLEMENTATIONS = ("auto", "torch", "triton", "cuda")
 KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
+@torch.compiler.assume_constant_result  # read once per compilation: no graph break in every layer's dispatch
 def interpreter_on() -> bool:
     """True when Triton runs kernels in its CPU interpreter (``TRITON_INTERPRET=1`` at import time)."""
     if triton is None:
