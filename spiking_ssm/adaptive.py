@@ -54,6 +54,12 @@ from snn_engine.ops import OpContext, OpCount
 IGNORE_INDEX = -100
 
 
+def ids_checkable(ids: torch.Tensor) -> bool:
+    """Whether token ids can be range-checked for free: on CPU and outside a compiled graph (on CUDA the check
+    would synchronise the device every step, in a graph it would break it; there the embedding/gather asserts)."""
+    return ids.device.type == "cpu" and not torch.compiler.is_compiling()
+
+
 def check_cutoffs(cutoffs: Sequence[int] | None, vocab_size: int | None, div_val: int = 1,
                   d_model: int | None = None) -> list[int]:
     """Validated cutoffs (a list of ints) for a vocabulary of ``vocab_size`` words; UserError otherwise."""
@@ -231,10 +237,7 @@ class AdaptiveSoftmax(nn.Module):
         """``-log p(targets)``: hidden [..., d_model], targets [...] int64 -> [...] (0 where -100; float32/64)."""
         flat, target = hidden.reshape(-1, self.d_model), targets.reshape(-1)
         valid = target != IGNORE_INDEX
-        # checked on CPU outside compiled graphs only: elsewhere it would cost a device synchronisation or a graph
-        # break every step (on CUDA the gather below asserts on a bad id instead)
-        if (target.device.type == "cpu" and not torch.compiler.is_compiling()
-                and bool((valid & ((target < 0) | (target >= self.vocab_size))).any())):
+        if ids_checkable(target) and bool((valid & ((target < 0) | (target >= self.vocab_size))).any()):
             raise ValueError(f"targets must be token ids in [0, {self.vocab_size}) or {IGNORE_INDEX} (ignored)")
         safe = torch.where(valid, target, torch.zeros_like(target))
         head = F.log_softmax(self.cluster_logits(flat, 0), dim=-1)

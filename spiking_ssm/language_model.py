@@ -28,7 +28,7 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
-from spiking_ssm.adaptive import AdaptiveInput, AdaptiveSoftmax
+from spiking_ssm.adaptive import AdaptiveInput, AdaptiveSoftmax, ids_checkable
 from spiking_ssm.backbone import SpikingSSMBackbone
 
 # the paper's WT103 row (reference section 3): constructor arguments and the reference's parameter counts
@@ -98,9 +98,7 @@ class SpikingSSMLanguageModel(nn.Module):
         if tokens.ndim != 2:
             raise ValueError(f"expected token ids [B, L], got shape {tuple(tokens.shape)}")
         tokens = tokens.long()
-        # checked where it costs no device synchronisation (on CUDA the embedding lookup asserts instead) and
-        # outside compiled graphs (a data-dependent branch breaks the graph)
-        if tokens.device.type == "cpu" and not torch.compiler.is_compiling() and tokens.numel() and bool(((tokens < 0) | (tokens >= self.vocab_size)).any()):
+        if ids_checkable(tokens) and tokens.numel() and bool(((tokens < 0) | (tokens >= self.vocab_size)).any()):
             raise ValueError(f"token ids must lie in [0, {self.vocab_size})")
         x = self.embed(tokens).transpose(1, 2)  # [B, H, L]
         return self.backbone(x).transpose(1, 2)

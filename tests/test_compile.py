@@ -66,3 +66,23 @@ def test_compiled_training_equals_eager_training(tmp_path):
     for key in eager_w:
         assert torch.allclose(eager_w[key].float(), compiled_w[key].float(), atol=1e-5, rtol=1e-5), key
     assert summary["final"]["loss"] == pytest.approx(read_summary(tmp_path / "eager")["final"]["loss"], rel=1e-5)
+
+
+@pytest.mark.parametrize("overrides", [
+    ["model=sparse_mlp_tiny", "dataset.train_size=64", "dataset.val_size=32"],
+    ["experiment=lm/embedded", "dataset.train_tokens=5000", "dataset.val_tokens=500", "dataset.test_tokens=500",
+     "model.d_model=32"],
+], ids=["sparse_mlp_tiny", "spiking_lm"])
+def test_training_forward_traces_as_one_graph(overrides):
+    """No graph breaks (a break per layer would also split every CUDA graph under reduce-overhead)."""
+    from hydra.utils import instantiate
+
+    from snn_engine.run import build_model
+
+    cfg = compose_train(overrides + ["logger=none"])
+    model = build_model(cfg, instantiate(cfg.dataset)).train()
+    inputs = ((torch.randint(0, 60, (2, 16)), torch.randint(0, 60, (2, 16))) if "lm" in overrides[0]
+              else (torch.randn(2, 3, 32, 32),))
+    explained = torch._dynamo.explain(model)(*inputs)
+    assert explained.graph_break_count == 0, [str(b.reason)[:200] for b in explained.break_reasons]
+    assert explained.graph_count == 1
