@@ -7,6 +7,7 @@ the run uses, the model's ``_target_`` and the resolved ``config`` dict.
 
 from __future__ import annotations
 
+import errno
 import os
 import random
 import tempfile
@@ -15,21 +16,77 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from snn_engine.errors import UserError
+from snn_engine.errors import RunFailed, UserError
 
 
-def atomic_save(obj: dict, path: str | os.PathLike) -> None:
-    """Write ``obj`` to a temporary file next to ``path`` and rename it, so readers never see half a file."""
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_save(obj: dict, path: str | os.PathLike, also: tuple[str | os.PathLike, ...] = ()) -> None:
+    """Write ``obj`` to ``path`` (and the same bytes to each path in ``also``) so readers never see half a file.
+
+    The bytes go to a temporary file beside ``path``, are flushed to disk (``fsync``), then hard-linked to each
+    ``also`` path and renamed over ``path``; the folder is synced last. The ``also`` copies are in place before
+    ``path``, so a run killed in between holds a newer ``also`` (e.g. ``best.pt``) than ``path`` (``last.pt``), never
+    the reverse. A failed write (a full disk, a quota) leaves every earlier file intact and is one :class:`UserError`.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    links = []
     try:
         with os.fdopen(fd, "wb") as handle:
             torch.save(obj, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        for other in map(Path, also):
+            link = other.with_name(f".{other.name}.{Path(tmp).name}.link.tmp")
+            os.link(tmp, link)
+            links.append(link)
+            os.replace(link, other)
         os.replace(tmp, path)
+        _fsync_dir(path.parent)
+    except (OSError, RuntimeError) as error:
+        Path(tmp).unlink(missing_ok=True)
+        for link in links:
+            link.unlink(missing_ok=True)
+        first_line = (str(error).strip().splitlines() or [""])[0]
+        reason = ("no space left on the device, or a file-size limit reached" if _disk_full(error)
+                  else f"{type(error).__name__}: {first_line}")
+        raise RunFailed(f"could not write checkpoint {path} ({reason}); the previous checkpoint is intact; free disk "
+                        "space or point paths.output at another disk, then resume with trainer.resume=auto") from error
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
+        for link in links:
+            link.unlink(missing_ok=True)
         raise
+
+
+def _disk_full(error: BaseException) -> bool:
+    """True if ``error`` (or torch's wrapper of it) comes from a full disk or an exceeded file-size/quota limit."""
+    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        return True
+    text = str(error)
+    return any(sign in text for sign in ("unexpected pos", "No space left", "File too large", "file write failed"))
+
+
+def non_finite_tensors(state: dict, prefix: str = "") -> list[str]:
+    """Names of the floating-point tensors in a (nested) state dict that hold NaN or infinity."""
+    bad = []
+    for key, value in state.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            bad += non_finite_tensors(value, name + ".")
+        elif isinstance(value, (list, tuple)):
+            bad += non_finite_tensors(dict(enumerate(value)), name + ".")
+        elif torch.is_tensor(value) and value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            bad.append(name)
+    return bad
 
 
 def load(path: str | os.PathLike) -> dict:

@@ -9,8 +9,10 @@ from typing import Callable
 
 from hydra.core.hydra_config import HydraConfig
 
-from snn_engine.distributed import remove_hydra_leftovers
+from snn_engine import run_folder
 from snn_engine.errors import UserError
+
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
 
 def run_dir() -> Path:
@@ -35,15 +37,17 @@ def user_error_in(error: BaseException) -> UserError | None:
 
 
 def guarded(main: Callable[[], int | None]) -> int:
-    """Run ``main``; a :class:`UserError` (also one wrapped by Hydra's instantiation) becomes one line on stderr
-    and exit status 1."""
+    """Run ``main`` in the run folder this process claimed (:mod:`snn_engine.run_folder`); a :class:`UserError` (also
+    one wrapped by Hydra's instantiation) becomes one line on stderr and exit status 1, and a run that failed before
+    it started leaves nothing behind."""
     try:
+        run_folder.check_claim()
         return int(main() or 0)
     except Exception as raised:
         error = user_error_in(raised)
         if error is None:
             raise
         logging.getLogger("snn_engine").debug("user error", exc_info=True)
-        print(f"error: {error}", file=sys.stderr)
-        remove_hydra_leftovers(run_dir())
+        print("error: " + " ".join(line.strip() for line in str(error).splitlines()), file=sys.stderr)
+        run_folder.remove_leftovers(run_dir())
         return 1

@@ -9,6 +9,10 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from snn_engine.errors import UserError
+
+WANDB_MODES = ("online", "offline", "disabled")
+
 
 class NullLogger:
     """Logs nothing (``logger=none``)."""
@@ -40,6 +44,12 @@ class WandbLogger(NullLogger):
                  name: str | None = None, tags: list[str] | None = None, group: str | None = None):
         self.project, self.entity, self.run_name, self.group = project, entity, name, group
         self.mode = os.environ.get("WANDB_MODE", mode)
+        if self.mode not in WANDB_MODES:
+            source = "the WANDB_MODE environment variable" if "WANDB_MODE" in os.environ else "logger.mode"
+            raise UserError(f"W&B mode {self.mode!r} (from {source}) is not one of {', '.join(WANDB_MODES)}; "
+                            "set logger.mode=offline, or logger=none")
+        if not isinstance(project, str) or not project:
+            raise UserError(f"logger.project={project!r} must be a non-empty name; set logger.project=NAME")
         self.tags = list(tags or [])
         self.run = None
 

@@ -20,8 +20,9 @@ from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from snn_engine import checkpoint as ckpt_io
-from snn_engine import distributed
-from snn_engine.errors import UserError
+from snn_engine import distributed, resume_contract, run_folder, trust
+from snn_engine.config_check import EVAL_RULES, check, check_train_config, max_steps
+from snn_engine.errors import RunFailed, UserError
 from snn_engine.evaluation import evaluate_model
 from snn_engine.logger import NullLogger
 from snn_engine.kernel_usage import ImplementationCounter
@@ -80,7 +81,7 @@ def make_scheduler_factory(cfg: DictConfig):
             return partial(optimizer=optimizer)
         partial.keywords.pop("total", None)
         interval = partial.keywords.get("interval", "epoch")
-        total = epochs if interval == "epoch" else int(cfg.trainer.max_steps or epochs * steps_per_epoch)
+        total = epochs if interval == "epoch" else (max_steps(cfg) or epochs * steps_per_epoch)
         return partial(optimizer=optimizer, total=max(1, total))
 
     return factory
@@ -104,15 +105,49 @@ def write_json(path: Path, values: dict) -> None:
     tmp.replace(path)
 
 
+def record_failure(run_dir: Path, trainer: Trainer, error: UserError, started: float) -> None:
+    """Write the summary of a run that failed after it started (best effort: the disk may be full)."""
+    saved = trainer.last_saved
+    summary = {"status": getattr(error, "status", "failed"), "error": str(error), "step": trainer.step,
+               "epoch": trainer.epoch, "final": trainer.last_val, "best": trainer.best,
+               "last_checkpoint": str(saved[0]) if saved else None, "last_checkpoint_step": saved[1] if saved else None,
+               "wall_time_s": time.perf_counter() - started}
+    try:
+        write_json(run_dir / "summary.json", summary)
+    except OSError as write_error:
+        log.error("could not write %s: %s", run_dir / "summary.json", write_error)
+
+
+def prepare_resume(cfg: DictConfig, run_dir: Path) -> tuple[Path | None, dict | None, dict]:
+    """The checkpoint to resume from, its state, and the setting changes the resume makes (checked against
+    :mod:`snn_engine.resume_contract`); a folder holding another run's results without ``trainer.resume`` is an
+    error (Hydra runs are refused earlier, by :mod:`snn_engine.run_folder`)."""
+    if not cfg.trainer.resume and run_folder.holds_results(run_dir):
+        raise UserError(f"run folder {run_dir} already holds another run's checkpoints or summary; pass "
+                        "trainer.resume=auto to continue that run, or choose a new run_name")
+    path = resume_path(cfg, run_dir)
+    if path is None:
+        return None, None, {}
+    state = ckpt_io.load(path)
+    changes = resume_contract.check(state.get("config_raw"), OmegaConf.to_container(cfg, resolve=False), path,
+                                    bool(cfg.trainer.get("resume_allow_changes", False)))
+    return path, state, changes
+
+
 def train(cfg: DictConfig, run_dir: str | Path) -> dict:
     """Train ``cfg.model`` on ``cfg.dataset``; return (and write to ``summary.json``) the run's summary."""
     run_dir = Path(run_dir)
     started = time.perf_counter()
+    check_train_config(cfg)
+    path, state, changes = prepare_resume(cfg, run_dir)
     env = distributed.setup(cfg.trainer.accelerator)
     try:
         run_dir = distributed.shared_run_dir(run_dir, env)
         if not env.is_main:
             logging.getLogger().setLevel(logging.WARNING)
+        else:
+            for stale in run_folder.remove_stale_temp_files(run_dir):
+                log.warning("removed %s, a checkpoint write that a killed run left unfinished", stale)
         seed_everything(int(cfg.seed))
         data = instantiate(cfg.dataset)
         train_set, val_set = data.train_set(), data.val_set()
@@ -129,9 +164,10 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
         trainer = Trainer(cfg, model, data, train_set, val_set, instantiate(cfg.loss),
                           lambda m: build_optimizer(instantiate(cfg.optimizer), m), make_scheduler_factory(cfg),
                           env, run_dir, logger, meta)
-        path = resume_path(cfg, run_dir)
         if path is not None:
-            trainer.load_state(ckpt_io.load(path), path)
+            trainer.load_state(state, path)
+            if changes and env.is_main:
+                log.info("resume changes: %s", resume_contract.describe(changes))
         num_params = count_parameters(model)
         if env.is_main:
             log.info("model %s: %.3fM parameters; neurons: %s; device %s x%d; precision %s; run dir %s",
@@ -139,8 +175,14 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
                      trainer.precision, run_dir)
             logger.start(str(run_dir), meta["config"])
             logger.summary({"num_params": num_params, "neuron_implementation": implementation})
-        with ImplementationCounter(model) as usage:
-            status = trainer.fit()
+        try:
+            with ImplementationCounter(model) as usage:
+                status = trainer.fit()
+        except UserError as error:
+            if env.is_main:
+                record_failure(run_dir, trainer, error, started)
+                logger.finish()
+            raise
         if env.is_main:
             log.info("neurons ran (counted over the run): %s", usage.describe())
             if usage.fallbacks:
@@ -155,6 +197,7 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
             **({"tokens_per_s": trainer.units_seen / max(trainer.train_time, 1e-9)} if trainer.task.unit == "tokens" else {}),
             "wall_time_s": time.perf_counter() - started, "world_size": env.world_size, "device": str(env.device),
             "precision": trainer.precision, "checkpoints": str(run_dir / "checkpoints"),
+            "resume_changes": {k: [a, b] for k, (a, b) in changes.items()},
         }
         if env.is_main:
             write_json(run_dir / "summary.json", summary)
@@ -171,15 +214,43 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
         distributed.cleanup()
 
 
-def checkpoint_config(state: dict, overrides: list[str]) -> DictConfig:
-    """The training config stored in a checkpoint, with ``key=value`` overrides from the eval command line."""
+def checkpoint_config(state: dict, overrides: list[str], source="this checkpoint", added: frozenset = frozenset(),
+                      own_keys: tuple[str, ...] = ()) -> DictConfig:
+    """The training config stored in a checkpoint, with ``key=value`` overrides from the command line.
+
+    The stored config is checked by :func:`snn_engine.trust.check_config` before anything reads it (it names only
+    targets that ``conf/`` names). An override must name a key the config has, unless its key is in ``added`` (the
+    user wrote ``+key=value``); an unknown key is an error with the nearest known keys (``own_keys``: the command's
+    own settings, offered as suggestions too).
+    """
     if "config_raw" not in state:
-        raise UserError("this checkpoint has no training config; pass a checkpoint written by train.py")
+        raise UserError(f"{source} has no training config; pass a checkpoint written by train.py")
+    trust.check_config(state["config_raw"], str(source))
     cfg = OmegaConf.create(state["config_raw"])
+    known = list(resume_contract.flatten(state["config_raw"])) + list(own_keys)
     for item in overrides:
         key, _, value = item.partition("=")
-        OmegaConf.update(cfg, key.lstrip("+"), OmegaConf.from_dotlist([f"v={value}"]).v, force_add=True)
+        key = key.lstrip("+~")
+        if key not in added and OmegaConf.select(cfg, key, default=_ABSENT) is _ABSENT:
+            raise UserError(f"unknown setting {key}{suggest(key, known)}; the checkpoint's config has no such key "
+                            f"(write +{key}=... to add one on purpose)")
+        OmegaConf.update(cfg, key, OmegaConf.from_dotlist([f"v={value}"]).v, force_add=True)
     return cfg
+
+
+_ABSENT = object()
+
+
+def suggest(key: str, known: list[str]) -> str:
+    """`` (did you mean X?)`` for the known keys closest to ``key``, or nothing."""
+    import difflib
+
+    close = difflib.get_close_matches(key, known, n=2, cutoff=0.6)
+    if not close:
+        leaf = key.rsplit(".", 1)[-1]
+        close = [k for k in known if k.rsplit(".", 1)[-1] in difflib.get_close_matches(leaf, [
+            k.rsplit(".", 1)[-1] for k in known], n=1, cutoff=0.75)][:2]
+    return f" (did you mean {' or '.join(close)}?)" if close else ""
 
 
 def language_model_extras(data, model, env, dtype, autocast, task, report: dict) -> dict:
@@ -196,11 +267,25 @@ def language_model_extras(data, model, env, dtype, autocast, task, report: dict)
     return extras
 
 
-def evaluate(cfg: DictConfig, run_dir: str | Path, overrides: list[str]) -> dict:
-    """Evaluate ``cfg.ckpt`` on its validation set; write ``summary.json`` into ``run_dir``."""
+EVAL_SETTINGS = ("ckpt", "use_ema", "logger.mode", "mfi", "position_bn", "mfi_compare_batches", "nir", "figures",
+                 "energy.e_ac", "energy.e_mac", "energy.convention", "paths.data", "paths.output", "run_name")
+
+
+def evaluate(cfg: DictConfig, run_dir: str | Path, overrides: list[str], added: frozenset = frozenset()) -> dict:
+    """Evaluate ``cfg.ckpt`` on its validation set; write ``summary.json`` into ``run_dir``. ``overrides`` change the
+    checkpoint's training config (``added``: keys the user may add with ``+key=value``)."""
     run_dir = Path(run_dir)
+    if OmegaConf.is_missing(cfg, "ckpt") or not cfg.ckpt:
+        raise UserError("eval.py needs ckpt=PATH, a checkpoint written by train.py "
+                        "(e.g. ckpt=outputs/train/<run>/checkpoints/best.pt)")
+    check(cfg, EVAL_RULES)
     state = ckpt_io.load(cfg.ckpt)
-    train_cfg = checkpoint_config(state, overrides)
+    train_cfg = checkpoint_config(state, overrides, cfg.ckpt, added=added, own_keys=EVAL_SETTINGS)
+    check_train_config(train_cfg)
+    bad = ckpt_io.non_finite_tensors({"model": state["model"], "ema": state.get("ema") or {}})
+    if bad:
+        raise UserError(f"checkpoint {cfg.ckpt} holds {len(bad)} non-finite weight tensors (first: {bad[0]}): it was "
+                        "written by a diverged run; evaluate an earlier checkpoint")
     env = distributed.setup(train_cfg.trainer.accelerator)
     try:
         precision = resolve_precision(train_cfg.trainer.precision, env.device)

@@ -22,9 +22,10 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from snn_engine import checkpoint as ckpt_io
+from snn_engine.config_check import max_steps
 from snn_engine.compiling import CompileTimer, resolve_compile_mode
 from snn_engine.distributed import DistEnv, ShardSampler, SkipSampler, any_rank, set_sampler_epoch, train_sampler
-from snn_engine.errors import UserError
+from snn_engine.errors import RunFailed, UserError
 from snn_engine.evaluation import evaluate_model, to_device
 from snn_engine.tasks import resolve_monitor, task_for
 
@@ -91,6 +92,7 @@ class Trainer:
         self.best: dict = {}
         self.last_val: dict = {}
         self.stop_signal = 0
+        self.last_saved: tuple[Path, int] | None = None  # the newest checkpoint this run wrote, and its step
         self.images_seen, self.units_seen, self.train_time = 0, 0, 0.0  # samples and task units (images/tokens)
 
     # ----------------------------------------------------------------------------------------- data
@@ -148,7 +150,8 @@ class Trainer:
         log.warning("received signal %d: finishing this step, writing a checkpoint, then exiting", signum)
 
     def _done(self) -> bool:
-        return bool(self.tc.max_steps) and self.step >= int(self.tc.max_steps)
+        limit = max_steps(self.cfg)
+        return limit is not None and self.step >= limit
 
     def _fit(self) -> str:
         val_every_steps = int(self.tc.val_every_n_steps or 0)
@@ -220,9 +223,17 @@ class Trainer:
         the diverged weights is written)."""
         stats = meter.compute(self.device)
         if not math.isfinite(stats["loss"]):
-            raise UserError(f"non-finite loss ({stats['loss']}) by step {self.step}; the last good checkpoint is kept "
-                            f"in {self.run_dir / 'checkpoints'}; lower optimizer.lr or set trainer.grad_clip")
+            raise self.diverged(f"non-finite loss ({stats['loss']})")
         return stats
+
+    def diverged(self, what: str) -> RunFailed:
+        """The error that ends a diverged run, naming the newest finite checkpoint it wrote (or that there is none)."""
+        if self.last_saved is not None:
+            kept = f"the last finite checkpoint is {self.last_saved[0]} (step {self.last_saved[1]})"
+        else:
+            kept = "no checkpoint was written"
+        return RunFailed(f"training diverged by step {self.step}: {what}; {kept}; lower optimizer.lr or set "
+                         "trainer.grad_clip", status="diverged")
 
     def _should_stop(self) -> bool:
         """Stop after ``trainer.stop_after_steps`` (the same step on every rank) or on a signal. Signals arrive per
@@ -305,24 +316,45 @@ class Trainer:
                 **self.meta}
 
     def save_checkpoint(self, best: bool = False) -> None:
+        """Write ``last.pt`` (and the same bytes as ``best.pt``, in place first); never a checkpoint holding NaN or
+        infinity in its weights, EMA weights or optimizer state: that ends the run as diverged instead."""
         if not self.env.is_main:
             return
         state = self.state_dict()
+        bad = ckpt_io.non_finite_tensors({k: state[k] for k in ("model", "ema", "optimizer") if state[k] is not None})
+        if bad:
+            raise self.diverged(f"{len(bad)} tensors of the weights or optimizer state are not finite "
+                                f"(first: {bad[0]})")
         folder = self.run_dir / "checkpoints"
-        ckpt_io.atomic_save(state, folder / "last.pt")
-        if best:
-            ckpt_io.atomic_save(state, folder / "best.pt")
+        ckpt_io.atomic_save(state, folder / "last.pt", also=(folder / "best.pt",) if best else ())
+        self.last_saved = (folder / "last.pt", self.step)
 
     def load_state(self, state: dict, path) -> None:
-        """Continue from a checkpoint written by :meth:`save_checkpoint` (same model, same recipe)."""
+        """Continue from a checkpoint written by :meth:`save_checkpoint` (same model; changes allowed by
+        :mod:`snn_engine.resume_contract` already checked).
+
+        The optimizer's moments and the schedule's position come from the checkpoint; its hyper-parameters and the
+        schedule's base lrs and length from this run's config, so the lr is the one a run of this length has at
+        this step (with an unchanged config: exactly the checkpoint's)."""
         ckpt_io.check_compatible(state, self.model, self.model_target, path)
         self.model.load_state_dict(state["model"])
+        fresh_groups = [{k: v for k, v in g.items() if k not in ("params", "lr")} for g in self.optimizer.param_groups]
+        base_lrs = list(self.scheduler.base_lrs)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+        if hasattr(self.scheduler, "lr_lambdas"):  # the engine's schedules (LambdaLR); others resume as saved
+            self.scheduler.base_lrs = base_lrs
+            position = self.scheduler.last_epoch
+            for group, fresh, base, factor in zip(self.optimizer.param_groups, fresh_groups, base_lrs,
+                                                  self.scheduler.lr_lambdas):
+                group.update(fresh)
+                group["lr"] = base * factor(position)
+            self.scheduler._last_lr = [group["lr"] for group in self.optimizer.param_groups]
         self.scaler.load_state_dict(state["scaler"])
         if self.ema is not None and state.get("ema") is not None:
             self.ema.module.load_state_dict(state["ema"])
         self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
+        self.last_saved = (Path(path), self.step)
         self.best, self.last_val = state["best"], state.get("last_val", {})
         ckpt_io.set_rng_state(state["rng"])
         if self.env.rank > 0:
