@@ -7,6 +7,12 @@ stops cleanly on Ctrl-C and refuses bad or misspelt arguments with one line.
 
 from __future__ import annotations
 
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
 import warnings
 
 import pytest
@@ -16,6 +22,8 @@ from snn_engine.data.language import GrammarLanguage, WikiText103
 from snn_engine.data.language.cache import load_fresh, save_atomic
 from snn_engine.data.language.record import check_token_ids, vocab_from_record
 from snn_engine.errors import UserError
+from spiking_ssm.generate import USAGE
+from tests.helpers import REPO
 from tests.lm_fixtures import TRAIN, write_wikitext
 
 
@@ -135,3 +143,191 @@ def test_out_of_vocabulary_ids_in_a_cache_file_name_the_file(wiki):
         check_token_ids(torch.tensor([0, -1, 2]), 3, "labels.bin")
     check_token_ids(torch.tensor([0, 1, 2]), 3, "labels.bin")
 
+
+
+# ------------------------------------------------------------------------------------------- generation
+def lm_checkpoint(folder, data_root, carry_vocab: bool = True) -> str:
+    """A trainer-format checkpoint of a tiny LM on the WikiText fixture at ``data_root`` (random weights), with the
+    vocabulary record the trainer stores (``data.checkpoint_extras()``) unless ``carry_vocab`` is false."""
+    from omegaconf import OmegaConf
+
+    from snn_engine import checkpoint as ckpt_io
+    from snn_engine.run import build_model
+    from tests.helpers import compose_train
+
+    cfg = compose_train(["model=spiking_ssm_lm", "dataset=wikitext103", "neuron=lif", "logger=none",
+                         f"paths.data={data_root}", "dataset.vocab_size=null", "dataset.num_classes=null",
+                         "dataset.max_length=8", "model.d_model=16", "model.d_state=8", "model.n_layers=1"])
+    data = WikiText103(root=data_root, vocab_size=None, max_length=8)
+    torch.manual_seed(3)
+    model = build_model(cfg, data)
+    state = {"model": model.state_dict(), "optimizer": {}, "scheduler": {}, "scaler": {}, "ema": None, "step": 1,
+             "epoch": 0, "batch_in_epoch": 0, "best": {}, "last_val": {}, "model_target": cfg.model._target_,
+             "config": OmegaConf.to_container(cfg, resolve=False), "config_raw": OmegaConf.to_container(cfg),
+             **(data.checkpoint_extras() if carry_vocab else {})}
+    path = folder / "checkpoints" / "last.pt"
+    ckpt_io.atomic_save(state, path)
+    return str(path)
+
+
+def run_generate(args: list[str], capsys) -> tuple[int, str, str]:
+    from spiking_ssm.generate import main
+
+    capsys.readouterr()
+    code = main(args)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture
+def trained(wiki, tmp_path):
+    """(checkpoint carrying its vocabulary, the fixture it was trained on)."""
+    return lm_checkpoint(tmp_path / "run", wiki.root), wiki
+
+
+GREEDY = ["prompt=The river is", "max_new_tokens=12", "temperature=0"]
+
+
+def test_generation_reads_the_vocabulary_from_the_checkpoint_not_the_data(trained, tmp_path, capsys):
+    ckpt, wiki = trained
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no fallback warning: the vocabulary is in the checkpoint
+        code, reference, err = run_generate([f"ckpt={ckpt}", *GREEDY], capsys)
+        assert code == 0, err
+        nowhere = run_generate([f"ckpt={ckpt}", *GREEDY, f"paths.data={tmp_path / 'nowhere'}"], capsys)
+        other = write_wikitext(tmp_path / "other", train=TRAIN[::-1])  # a reordered copy
+        reordered = run_generate([f"ckpt={ckpt}", *GREEDY, f"paths.data={other.root}"], capsys)
+    text = reference.split("---")[0]
+    assert text.startswith("The river is ") and len(text.split()) == 15
+    assert nowhere[0] == 0 and nowhere[1].split("---")[0] == text
+    assert reordered[0] == 0 and reordered[1].split("---")[0] == text
+
+
+def test_an_old_checkpoint_without_a_vocabulary_warns_which_data_gives_the_words(wiki, tmp_path, capsys):
+    old = lm_checkpoint(tmp_path / "old", wiki.root, carry_vocab=False)
+    other = write_wikitext(tmp_path / "other", train=TRAIN[::-1])
+    with pytest.warns(UserWarning, match=f"does not carry its vocabulary.*{other.folder}"):
+        code, out, err = run_generate([f"ckpt={old}", *GREEDY, f"paths.data={other.root}"], capsys)
+    assert code == 0, err
+    code, out, err = run_generate([f"ckpt={old}", *GREEDY, f"paths.data={tmp_path / 'nowhere'}"], capsys)
+    assert code == 1 and "WikiText-103 not found" in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("temperature", ["nan", "inf", "-inf", "-0.5", "1e400"])
+def test_non_finite_or_negative_temperatures_are_one_line_errors(temperature, capsys):
+    code, out, err = run_generate(["ckpt=X", f"temperature={temperature}"], capsys)
+    assert code == 1 and err.startswith("error: temperature=") and "0 = greedy" in err and err.count("\n") == 1
+
+
+def test_sampling_refuses_bad_temperatures_and_survives_tiny_ones():
+    from spiking_ssm.generate import sample
+
+    log_probs = torch.log_softmax(torch.tensor([0.0, 3.0, 1.0, -2.0]), dim=0).float()
+    generator = torch.Generator().manual_seed(0)
+    for bad in (float("nan"), float("inf"), -1.0):
+        with pytest.raises(UserError, match="temperature"):
+            sample(log_probs, bad, 0, generator)
+    assert sample(log_probs, 1e-300, 0, generator) == 1  # (log p - max) / T: no overflow to NaN
+    assert sample(log_probs, 0.0, 0, generator) == 1
+    with pytest.raises(UserError, match="not finite"):
+        sample(torch.full((4,), float("nan")), 1.0, 0, generator)
+
+
+@pytest.mark.parametrize("arg,suggestion", [("temprature=0.5", "'temperature'"), ("max_new_token=3", "'max_new_tokens'"),
+                                            ("promt=the", "'prompt'"), ("sed=1", "'seed'")])
+def test_misspelt_arguments_are_refused_with_the_closest_name(arg, suggestion, capsys):
+    code, out, err = run_generate(["ckpt=X", arg], capsys)
+    assert code == 1 and err.startswith("error: unknown argument") and f"did you mean {suggestion}?" in err
+    assert err.count("\n") == 1
+
+
+def test_misspelt_config_overrides_are_refused_and_plus_adds_a_key(trained, capsys):
+    ckpt, wiki = trained
+    code, out, err = run_generate([f"ckpt={ckpt}", "max_new_tokens=2", "paths.dta=/data"], capsys)
+    assert code == 1 and "unknown config key 'paths.dta'" in err and "did you mean 'paths.data'?" in err
+    assert err.count("\n") == 1
+    code, out, err = run_generate([f"ckpt={ckpt}", "max_new_tokens=2", "+paths.extra=1", "model.dropout=0.0"], capsys)
+    assert code == 0, err
+
+
+class FlushRecorder:
+    """A stdout that keeps what was visible (flushed) after every flush."""
+
+    def __init__(self) -> None:
+        self.buffer, self.flushed = "", []
+
+    def write(self, text: str) -> int:
+        self.buffer += text
+        return len(text)
+
+    def flush(self) -> None:
+        self.flushed.append(self.buffer)
+
+
+def test_each_generated_word_is_flushed_as_it_is_sampled(trained, monkeypatch):
+    from spiking_ssm import generate
+
+    ckpt, _ = trained
+    recorder, steps = FlushRecorder(), []
+    real_sample = generate.sample
+
+    def sample(*args, **kwargs):  # what the reader sees when each next token is drawn
+        steps.append(recorder.flushed[-1] if recorder.flushed else "")
+        return real_sample(*args, **kwargs)
+
+    monkeypatch.setattr(generate, "sample", sample)
+    monkeypatch.setattr(sys, "stdout", recorder)
+    assert generate.main([f"ckpt={ckpt}", "prompt=The river", "max_new_tokens=6", "seed=2"]) == 0
+    text = recorder.buffer.split("---")[0]
+    assert [len(seen.split()) for seen in steps] == [2, 3, 4, 5, 6, 7]  # the prompt, then one more word each time
+    assert all(text.startswith(seen) for seen in steps) and len(text.split()) == 8
+
+
+def generate_process(args: list[str]) -> subprocess.Popen:
+    """``python -m spiking_ssm.generate ARGS`` with pipes, SIGINT at its default (Ctrl-C raises KeyboardInterrupt
+    even when the test runner was started with SIGINT ignored, as background jobs are)."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "-m", "spiking_ssm.generate", *args], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+
+
+def read_until(proc: subprocess.Popen, enough, timeout: float) -> str:
+    """Stdout read so far, as soon as ``enough(text)`` holds (or the process ends, or ``timeout`` passes)."""
+    text, deadline = b"", time.monotonic() + timeout
+    while not enough(text.decode("utf-8", "replace")) and time.monotonic() < deadline:
+        ready, _, _ = select.select([proc.stdout], [], [], 0.5)
+        if ready:
+            chunk = os.read(proc.stdout.fileno(), 65536)
+            if not chunk:
+                break
+            text += chunk
+    return text.decode("utf-8")
+
+
+def test_generate_prints_words_as_they_come_and_ctrl_c_keeps_them(trained):
+    ckpt, wiki = trained
+    proc = generate_process([f"ckpt={ckpt}", "prompt=The river", "max_new_tokens=1000000", "seed=1"])
+    try:
+        seen = read_until(proc, lambda text: len(text.split()) >= 8, timeout=90)
+        assert len(seen.split()) >= 8 and proc.poll() is None  # words printed while it still generates
+        proc.send_signal(signal.SIGINT)
+        rest, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    out, err = seen + rest.decode("utf-8"), err.decode("utf-8")
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err and "interrupted (Ctrl-C)" in err
+    assert out.startswith(seen) and out.startswith("The river ") and out.endswith("\n") and "---" not in out
+    words = WikiText103(root=wiki.root, vocab_size=None, max_length=8).vocab.stoi
+    assert all(w in words for w in out.split())  # whole words, the last one included
+
+
+def test_the_command_line_refuses_a_typo_with_one_line_and_no_traceback(trained):
+    ckpt, _ = trained
+    proc = generate_process([f"ckpt={ckpt}", "temprature=0.5"])
+    out, err = (b.decode() for b in proc.communicate(timeout=120))
+    assert proc.returncode == 1 and out == ""
+    assert err == f"error: unknown argument 'temprature'; did you mean 'temperature'? ({USAGE})\n"
