@@ -14,9 +14,10 @@ from ``<eos>``. The prompt runs through :class:`~spiking_ssm.streaming_lm.Stream
 sampled token is fed back. ``temperature=0`` is greedy decoding, any other temperature must be a finite number > 0;
 ``top_k=0`` samples from the whole vocabulary.
 
-Printed: the prompt and its continuation, word by word as they are sampled (flushed), then tokens/s of the decoding loop, spikes per generated token (all
-somas) and energy per generated token (the SpikingSSM paper's convention, ``snn_engine.ops`` ``ssm_paper``: ACs of
-the 1x1 mixing convs at 0.9 pJ; beside it the dense ANN twin of the same layers at 4.6 pJ per MAC). Errors
+Printed: the prompt and its continuation, word by word as they are sampled (flushed), then tokens/s of the decoding
+loop, spikes per generated token (all somas) and energy per generated token (the SpikingSSM paper's convention,
+``snn_engine.ops`` ``ssm_paper``: ACs of the 1x1 mixing convs at 0.9 pJ; beside it the dense ANN twin of the same
+layers at 4.6 pJ per MAC). Errors
 (missing or foreign checkpoint, bad or misspelt arguments, with the closest valid one, unknown words without
 ``<unk>``) are one line on stderr, exit 1. Ctrl-C keeps the text printed so far, ends its line and exits with
 status 130 without a traceback.

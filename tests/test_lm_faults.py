@@ -233,8 +233,9 @@ def test_sampling_refuses_bad_temperatures_and_survives_tiny_ones():
         sample(torch.full((4,), float("nan")), 1.0, 0, generator)
 
 
-@pytest.mark.parametrize("arg,suggestion", [("temprature=0.5", "'temperature'"), ("max_new_token=3", "'max_new_tokens'"),
-                                            ("promt=the", "'prompt'"), ("sed=1", "'seed'")])
+@pytest.mark.parametrize("arg,suggestion", [("temprature=0.5", "'temperature'"),
+                                            ("max_new_token=3", "'max_new_tokens'"), ("promt=the", "'prompt'"),
+                                            ("sed=1", "'seed'")])
 def test_misspelt_arguments_are_refused_with_the_closest_name(arg, suggestion, capsys):
     code, out, err = run_generate(["ckpt=X", arg], capsys)
     assert code == 1 and err.startswith("error: unknown argument") and f"did you mean {suggestion}?" in err
@@ -337,8 +338,8 @@ def test_the_command_line_refuses_a_typo_with_one_line_and_no_traceback(trained)
 # The trainer stores ``data.checkpoint_extras()`` in every checkpoint (run.train's meta); eval (run.evaluate) and a
 # resumed run (Trainer.load_state) call ``data.check_checkpoint(state, path)``. Strict: these fail loudly once the
 # hooks land, so the markers go with them.
-ENGINE_HOOK = "engine hook pending in snn_engine/run.py / trainer.py (data.checkpoint_extras, data.check_checkpoint); " \
-              "remove this marker with it"
+ENGINE_HOOK = ("engine hook pending in snn_engine/run.py / trainer.py (data.checkpoint_extras, "
+               "data.check_checkpoint); remove this marker with it")
 
 
 @pytest.fixture(scope="module")

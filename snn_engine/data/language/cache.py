@@ -78,8 +78,9 @@ def load_fresh(path: Path, key: dict[str, Any]) -> dict[str, Any] | None:
 
 
 def save_atomic(path: Path, key: dict[str, Any], **payload: Any) -> bool:
-    """Write ``{"key": key, "checksums": {name: payload_digest(value)}, **payload}`` to ``path`` atomically; returns False (with a warning) when the folder
-    cannot be written (a read-only data folder: the data is then rebuilt by every run)."""
+    """Write ``{"key": key, "checksums": {name: payload_digest(value)}, **payload}`` to ``path`` atomically;
+    returns False (with a warning) when the folder cannot be written (a read-only data folder: the data is then
+    rebuilt by every run)."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
