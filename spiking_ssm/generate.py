@@ -3,39 +3,48 @@
     python -m spiking_ssm.generate ckpt=outputs/train/<run>/checkpoints/last.pt prompt="the meaning of" \\
         max_new_tokens=50 temperature=1.0 top_k=0 seed=0 [device=auto] [use_ema=false] [paths.data=/data ...]
 
-The checkpoint (written by the engine's trainer: model weights + the training config) gives the model; its data
-module, rebuilt with ``hydra.utils.instantiate(cfg.dataset)``, gives only the vocabulary (``data.vocab``: ``stoi``,
-``decode``). Dotted ``key=value`` arguments override the training config (e.g. ``paths.data=/data``).
+The checkpoint (written by the engine's trainer: model weights, the training config and the vocabulary) gives the
+model and its words; no data set is read (:mod:`spiking_ssm.lm_restore`; older checkpoints without a vocabulary
+rebuild their data set, with a warning). Dotted ``key=value`` arguments override the training config (e.g.
+``paths.data=/data``); the key must exist there (``+key=value`` adds one).
 
 The prompt is split on whitespace into words (a word-level vocabulary such as WikiText-103's); words outside the
 vocabulary become ``<unk>`` with a warning (an error when the vocabulary has no ``<unk>``); an empty prompt starts
 from ``<eos>``. The prompt runs through :class:`~spiking_ssm.streaming_lm.StreamingLanguageModel`, then each
-sampled token is fed back. ``temperature=0`` is greedy decoding; ``top_k=0`` samples from the whole vocabulary.
+sampled token is fed back. ``temperature=0`` is greedy decoding, any other temperature must be a finite number > 0;
+``top_k=0`` samples from the whole vocabulary.
 
-Printed: the prompt and its continuation, then tokens/s of the decoding loop, spikes per generated token (all
-somas) and energy per generated token (the SpikingSSM paper's convention, ``snn_engine.ops`` ``ssm_paper``: ACs of
-the 1x1 mixing convs at 0.9 pJ; beside it the dense ANN twin of the same layers at 4.6 pJ per MAC). Errors
-(missing or foreign checkpoint, bad arguments, unknown words without ``<unk>``) are one line on stderr, exit 1.
+Printed: the prompt and its continuation, word by word as they are sampled (flushed), then tokens/s of the decoding
+loop, spikes per generated token (all somas) and energy per generated token (the SpikingSSM paper's convention,
+``snn_engine.ops`` ``ssm_paper``: ACs of the 1x1 mixing convs at 0.9 pJ; beside it the dense ANN twin of the same
+layers at 4.6 pJ per MAC). Errors
+(missing or foreign checkpoint, bad or misspelt arguments, with the closest valid one, unknown words without
+``<unk>``) are one line on stderr, exit 1. Ctrl-C keeps the text printed so far, ends its line and exits with
+status 130 without a traceback.
 """
 
 from __future__ import annotations
 
+import difflib
 import logging
+import math
 import sys
 import time
 import warnings
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import torch
-from hydra.utils import get_class, instantiate
-from omegaconf import OmegaConf
 
-from snn_engine import checkpoint as ckpt_io
 from snn_engine.errors import UserError
-from spiking_ssm.language_model import SpikingSSMLanguageModel
-from spiking_ssm.streaming_lm import StreamingLanguageModel
+
+if TYPE_CHECKING:
+    from spiking_ssm.language_model import SpikingSSMLanguageModel
 
 USAGE = ("usage: python -m spiking_ssm.generate ckpt=PATH [prompt=TEXT] [max_new_tokens=50] [temperature=1.0] "
-         "[top_k=0] [seed=0] [device=auto|cpu|cuda] [use_ema=false] [section.key=value ...]")
+         "[top_k=0] [seed=0] [device=auto|cpu|cuda] [use_ema=false] [section.key=value ...] (temperature=0: greedy)")
+#: exit status after Ctrl-C (128 + SIGINT), as shells report it
+INTERRUPTED = 130
 DEFAULTS = {"ckpt": None, "prompt": "", "max_new_tokens": 50, "temperature": 1.0, "top_k": 0, "seed": 0,
             "device": "auto", "use_ema": False}
 UNK, EOS = "<unk>", "<eos>"
@@ -46,13 +55,16 @@ def parse_args(argv: list[str]) -> tuple[dict, list[str]]:
     settings, overrides = dict(DEFAULTS), []
     for arg in argv:
         key, sep, value = arg.partition("=")
-        key = key.lstrip("+")
-        if not sep or not key:
+        if not sep or not key.lstrip("+"):
             raise UserError(f"argument {arg!r} is not key=value; {USAGE}")
         if "." in key:
-            overrides.append(f"{key}={value}")
-        elif key not in DEFAULTS:
-            raise UserError(f"unknown argument {key!r}; {USAGE}")
+            overrides.append(f"{key}={value}")  # checked against the stored config (lm_restore.check_overrides)
+            continue
+        key = key.lstrip("+")
+        if key not in DEFAULTS:
+            close = difflib.get_close_matches(key, list(DEFAULTS), n=1)
+            hint = f"did you mean {close[0]!r}?" if close else f"valid: {', '.join(DEFAULTS)}"
+            raise UserError(f"unknown argument {key!r}; {hint} ({USAGE})")
         else:
             settings[key] = value
     return _typed(settings), overrides
@@ -64,8 +76,9 @@ def _typed(settings: dict) -> dict:
             value = kind(settings[key])
         except (TypeError, ValueError):
             raise UserError(f"{key}={settings[key]!r} is not a{'n integer' if kind is int else ' number'}") from None
-        if value < low:
-            raise UserError(f"{key}={value} must be >= {low}")
+        if not math.isfinite(value) or value < low:
+            raise UserError(f"{key}={settings[key]} must be a finite number >= {low}"
+                            + (" (0 = greedy decoding)" if key == "temperature" else ""))
         return value
 
     if not settings["ckpt"]:
@@ -90,31 +103,11 @@ def pick_device(name: str) -> torch.device:
 
 
 def load_model(ckpt: str, overrides: list[str], use_ema: bool = False):
-    """(model in eval mode on CPU, vocabulary, training config) of an engine checkpoint of a language model."""
-    from snn_engine.run import build_model, checkpoint_config  # the engine's restore path (heavy import)
+    """(model in eval mode on CPU, vocabulary, training config): :func:`spiking_ssm.lm_restore.load_model`, imported
+    on use so that argument errors come before the model code's imports (seconds)."""
+    from spiking_ssm.lm_restore import load_model as restore
 
-    state = ckpt_io.load(ckpt)
-    cfg = checkpoint_config(state, overrides)
-    target = OmegaConf.select(cfg, "model._target_")
-    try:
-        cls = get_class(str(target))
-    except Exception:  # noqa: BLE001 - hydra raises several types for a missing class
-        cls = None
-    if cls is None or not issubclass(cls, SpikingSSMLanguageModel):
-        raise UserError(f"checkpoint {ckpt} holds a {target} model, not a SpikingSSM language model "
-                        "(spiking_ssm.language_model.SpikingSSMLanguageModel); pass a language-model checkpoint")
-    data = instantiate(cfg.dataset)
-    vocab = getattr(data, "vocab", None)
-    if vocab is None or not hasattr(vocab, "stoi") or not hasattr(vocab, "decode"):
-        raise UserError(f"data set {cfg.dataset.get('_target_')} has no vocabulary (data.vocab with stoi/decode); "
-                        "generation needs the tokenizer the model was trained with")
-    model = build_model(cfg, data)
-    ckpt_io.check_compatible(state, model, str(target), ckpt)
-    weights = state["ema"] if use_ema else state["model"]
-    if weights is None:
-        raise UserError("use_ema=true but the checkpoint has no EMA weights; drop use_ema")
-    model.load_state_dict(weights)
-    return model.eval(), vocab, cfg
+    return restore(ckpt, overrides, use_ema)
 
 
 def encode_prompt(vocab, prompt: str) -> list[int]:
@@ -141,10 +134,16 @@ def encode_prompt(vocab, prompt: str) -> list[int]:
 
 def sample(log_probs: torch.Tensor, temperature: float, top_k: int, generator: torch.Generator) -> int:
     """One token id from log-probs [V]: greedy at temperature 0, else softmax(log p / T) over the top_k (0 = all)."""
+    if not math.isfinite(temperature) or temperature < 0:
+        raise UserError(f"temperature={temperature} must be a finite number >= 0 (0 = greedy decoding)")
     log_probs = log_probs.detach().double().cpu()
+    best = log_probs.max()
+    if not torch.isfinite(best):
+        raise UserError("the model's next-token log-probabilities are not finite (NaN or infinite weights?); "
+                        "check the checkpoint with eval.py or use another one")
     if temperature == 0.0:
         return int(log_probs.argmax())
-    scores = log_probs / temperature
+    scores = (log_probs - best) / temperature  # the best word scores 0: no overflow at tiny temperatures
     if 0 < top_k < scores.numel():
         kth = torch.topk(scores, top_k).values[-1]
         scores = scores.masked_fill(scores < kth, float("-inf"))
@@ -152,9 +151,13 @@ def sample(log_probs: torch.Tensor, temperature: float, top_k: int, generator: t
 
 
 def generate(model: SpikingSSMLanguageModel, prompt_ids: list[int], max_new_tokens: int, temperature: float = 1.0,
-             top_k: int = 0, seed: int = 0, device: torch.device | str = "cpu") -> tuple[list[int], dict]:
-    """Run the prompt, then sample ``max_new_tokens`` ids. Returns (new ids, statistics of the decoding steps:
-    tokens/s and, per generated token, spikes, mixing-conv ACs and energy; ``prompt_*`` for the prompt steps)."""
+             top_k: int = 0, seed: int = 0, device: torch.device | str = "cpu",
+             on_token: Callable[[int], None] | None = None) -> tuple[list[int], dict]:
+    """Run the prompt, then sample ``max_new_tokens`` ids, handing each to ``on_token`` as soon as it is drawn.
+    Returns (new ids, statistics of the decoding steps: tokens/s and, per generated token, spikes, mixing-conv ACs
+    and energy; ``prompt_*`` for the prompt steps)."""
+    from spiking_ssm.streaming_lm import StreamingLanguageModel
+
     device = torch.device(device)
     model = model.to(device).eval()
     stream = StreamingLanguageModel(model)
@@ -169,6 +172,8 @@ def generate(model: SpikingSSMLanguageModel, prompt_ids: list[int], max_new_toke
     for _ in range(max_new_tokens):
         token = sample(log_probs, temperature, top_k, generator)
         new_ids.append(token)
+        if on_token is not None:
+            on_token(token)
         log_probs = stream.step(torch.tensor([token], device=device))[0]  # each generated token runs once
     elapsed = time.perf_counter() - started
     stats = {**stream.stats(), "seconds": elapsed, "tokens_per_s": max_new_tokens / max(elapsed, 1e-9),
@@ -196,28 +201,58 @@ def user_error_in(error: BaseException) -> UserError | None:
     return error
 
 
+class LinePrinter:
+    """Words on one line of ``stream`` as they come, flushed at once (space-separated, like ``Vocab.decode``)."""
+
+    def __init__(self, stream) -> None:
+        self.stream, self.started = stream, False
+
+    def write(self, text: str) -> None:
+        if text:
+            self.stream.write((" " if self.started else "") + text)
+            self.stream.flush()
+            self.started = True
+
+    def end_line(self) -> None:
+        self.stream.write("\n")
+        self.stream.flush()
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if any(a in ("-h", "--help", "help") for a in argv):
         print(__doc__.strip() + "\n\n" + USAGE)
         return 0
+    printer, new_ids = LinePrinter(sys.stdout), []
     try:
         settings, overrides = parse_args(argv)
         device = pick_device(settings["device"])
         model, vocab, _ = load_model(settings["ckpt"], overrides, settings["use_ema"])
         prompt_ids = encode_prompt(vocab, settings["prompt"])
-        new_ids, stats = generate(model, prompt_ids, settings["max_new_tokens"], settings["temperature"],
-                                  settings["top_k"], settings["seed"], device)
+        printer.write(settings["prompt"].strip())
+
+        def show(token: int) -> None:
+            new_ids.append(token)
+            printer.write(vocab.decode([token]))
+
+        _, stats = generate(model, prompt_ids, settings["max_new_tokens"], settings["temperature"],
+                            settings["top_k"], settings["seed"], device, on_token=show)
+        printer.end_line()
+        print("---")
+        print(format_stats(stats, device), flush=True)
+    except KeyboardInterrupt:
+        if printer.started:
+            printer.end_line()  # the text so far stays, on a line of its own
+        print(f"interrupted (Ctrl-C) after {len(new_ids)} generated tokens", file=sys.stderr, flush=True)
+        return INTERRUPTED
     except Exception as error:  # noqa: BLE001 - only user errors (also wrapped by Hydra's instantiate) become one line
         cause = user_error_in(error)
         if cause is None:
             raise
+        if printer.started:
+            printer.end_line()
         print(f"error: {cause}", file=sys.stderr)
         return 1
-    text = vocab.decode(torch.tensor(new_ids, dtype=torch.long))
-    print(f"{settings['prompt'].strip()} {text}".strip())
-    print("---")
-    print(format_stats(stats, device))
     return 0
 
 

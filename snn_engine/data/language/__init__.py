@@ -4,7 +4,9 @@ Every object has ``task = "language_model"``, ``name, vocab_size, num_classes (=
 (= max_length), d_input = None, batch_size, num_workers, repeated_aug = 0``, a ``vocab`` (:class:`Vocab`:
 ``itos, stoi, encode(text) -> int64 [n], decode(ids) -> str``) and ``entropy_per_token`` (nats per token of
 the true distribution, ``None`` when unknown), and provides ``train_set(), val_set(), test_set()``,
-``tokens_in(split)``, ``collate_fn()`` and ``mixup_fn()`` (both ``None``).
+``tokens_in(split)``, ``collate_fn()`` and ``mixup_fn()`` (both ``None``), and ``checkpoint_extras()`` /
+``check_checkpoint(state, path)``: the vocabulary a checkpoint carries, and the check that a checkpoint was
+trained with this data's vocabulary (:mod:`.record`).
 
 A split is one token stream; its items are ``(inputs int64 [L], targets int64 [L])``, the targets shifted by
 one token. Training drops the last incomplete sample; validation/test pad it (input 0, target

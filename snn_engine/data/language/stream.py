@@ -13,10 +13,12 @@ every token of the split is predicted exactly once.
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 from torch.utils.data import Dataset
 
+from snn_engine.data.language.record import RECORD_KEY, check_same_vocab, vocab_record
 from snn_engine.data.language.vocab import IGNORE_INDEX, Vocab
 from snn_engine.data.sequence import SequenceData, positive_int
 from snn_engine.errors import UserError
@@ -101,6 +103,27 @@ class LanguageData(SequenceData):
     def tokens(self, split: str) -> torch.Tensor:
         """The whole stream of ``split`` as ``int [N]``; subclasses implement it."""
         raise NotImplementedError
+
+    def where(self) -> str:
+        """This data set in error messages (file-backed subclasses name their folder)."""
+        return self.title
+
+    # ---------------------------------------------------------------- what a checkpoint carries (record.py)
+    def checkpoint_extras(self) -> dict:
+        """``{"vocab": record}``, for the trainer to store in every checkpoint: the vocabulary (plain str/list/
+        None values, readable with ``torch.load(weights_only=True)``), so generation needs no data set and
+        :meth:`check_checkpoint` can tell another data copy apart."""
+        return {RECORD_KEY: vocab_record(self.vocab, self.name)}
+
+    def check_checkpoint(self, state: dict, source: object) -> None:
+        """A one-line :class:`UserError` when checkpoint ``state`` (read from ``source``) was trained with another
+        vocabulary than this data's (other words, or the same words in another order); a warning when it carries
+        none (written before checkpoints held their vocabulary: nothing to compare)."""
+        if RECORD_KEY not in state:
+            warnings.warn(f"checkpoint {source} does not carry its vocabulary (written by an older version); "
+                          f"cannot check that {self.where()} is the data copy it was trained on", stacklevel=2)
+            return
+        check_same_vocab(state[RECORD_KEY], self.vocab, source, self.where())
 
     def check_split(self, split: str) -> str:
         """``split`` if it is one of ``splits``, else a :class:`UserError`."""

@@ -16,7 +16,9 @@ Tokenising the 103M-word train file takes about a minute in Python, so the vocab
 streams (``int32``) are cached beside the data, in ``<root>/wikitext-103/.cache/`` (or ``cache_dir``):
 ``vocab.pt`` (``itos``), ``train.pt``, ``valid.pt``, ``test.pt`` (``tokens``), each keyed by the signature
 (size + SHA-256 of the first and last MiB) of the files it came from: the train file for the vocabulary and
-train tokens, the train file and its own file for valid/test. A changed file means a rebuild.
+train tokens, the train file and its own file for valid/test. A changed file means a rebuild. Each cache file
+also holds the SHA-256 of its content, checked on load: a damaged or edited cache (one token id changed) is
+rebuilt with a warning; a cached id outside the vocabulary is a one-line error naming the cache file.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ import numpy as np
 import torch
 
 from snn_engine.data.language.cache import file_signature, load_fresh, save_atomic
+from snn_engine.data.language.record import check_token_ids
 from snn_engine.data.language.stream import LanguageData
 from snn_engine.data.language.vocab import EOS, UNK, Vocab
 from snn_engine.errors import UserError
@@ -41,7 +44,7 @@ FILES = {"train": "wiki.train.tokens", "val": "wiki.valid.tokens", "test": "wiki
 STEMS = {"train": "train", "val": "valid", "test": "test"}
 #: the vocabulary size of the real WikiText-103 train file with this convention
 WIKITEXT103_VOCAB_SIZE = 267_735
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: content checksums
 CHUNK_CHARS = 1 << 24
 
 
@@ -151,6 +154,9 @@ class WikiText103(LanguageData):
                         f"(missing {', '.join(absent)}); set paths.data=/your/data (the folder holding {FOLDER}/) "
                         f"or dataset.root=/path/to/that/folder")
 
+    def where(self) -> str:
+        return f"{self.title} at {self.folder()}"
+
     def cache_dir(self) -> Path:
         return self._cache_dir if self._cache_dir is not None else self.folder() / ".cache"
 
@@ -198,6 +204,8 @@ class WikiText103(LanguageData):
             path = self.cache_dir() / f"{STEMS[split]}.pt"
             stored = load_fresh(path, self._key("tokens", *sources)) if self.cache else None
             if stored is not None:
+                check_token_ids(stored["tokens"], len(vocab), path,
+                                fix=f"delete {path} to rebuild it from {self.folder() / FILES[split]}")
                 self._streams[split] = stored["tokens"]
             elif split == "train":
                 self._set_vocab(self._build_train())
