@@ -22,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from snn_engine import checkpoint as ckpt_io
 from snn_engine import distributed, resume_contract, run_folder, trust
 from snn_engine.config_check import EVAL_RULES, check, check_train_config, max_steps
-from snn_engine.errors import RunFailed, UserError
+from snn_engine.errors import UserError
 from snn_engine.evaluation import evaluate_model
 from snn_engine.logger import NullLogger
 from snn_engine.kernel_usage import ImplementationCounter
@@ -159,7 +159,7 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
             model = distributed.convert_sync_batchnorm(model, env.device)
         seed_everything(int(cfg.seed) + env.rank)
         meta = {"model_target": cfg.model._target_, "config": OmegaConf.to_container(cfg, resolve=True),
-                "config_raw": OmegaConf.to_container(cfg, resolve=False)}
+                "config_raw": OmegaConf.to_container(cfg, resolve=False), **getattr(data, "checkpoint_extras", dict)()}
         logger = instantiate(cfg.logger) if env.is_main else NullLogger()
         trainer = Trainer(cfg, model, data, train_set, val_set, instantiate(cfg.loss),
                           lambda m: build_optimizer(instantiate(cfg.optimizer), m), make_scheduler_factory(cfg),
@@ -290,6 +290,7 @@ def evaluate(cfg: DictConfig, run_dir: str | Path, overrides: list[str], added: 
     try:
         precision = resolve_precision(train_cfg.trainer.precision, env.device)
         data = instantiate(train_cfg.dataset)
+        getattr(data, "check_checkpoint", lambda *_: None)(state, cfg.ckpt)
         val_set = data.val_set()
         model = build_model(train_cfg, data)
         if get_class(train_cfg.model._target_) is not type(model):

@@ -336,6 +336,7 @@ class Trainer:
         The optimizer's moments and the schedule's position come from the checkpoint; its hyper-parameters and the
         schedule's base lrs and length from this run's config, so the lr is the one a run of this length has at
         this step (with an unchanged config: exactly the checkpoint's)."""
+        getattr(self.data, "check_checkpoint", lambda *_: None)(state, path)
         ckpt_io.check_compatible(state, self.model, self.model_target, path)
         self.model.load_state_dict(state["model"])
         fresh_groups = [{k: v for k, v in g.items() if k not in ("params", "lr")} for g in self.optimizer.param_groups]

@@ -58,7 +58,7 @@ def parse_args(argv: list[str]) -> tuple[dict, list[str]]:
         if not sep or not key.lstrip("+"):
             raise UserError(f"argument {arg!r} is not key=value; {USAGE}")
         if "." in key:
-            overrides.append(f"{key}={value}")  # checked against the stored config (lm_restore.check_overrides)
+            overrides.append(f"{key}={value}")  # checked against the stored config (run.checkpoint_config)
             continue
         key = key.lstrip("+")
         if key not in DEFAULTS:

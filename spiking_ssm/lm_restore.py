@@ -16,7 +16,6 @@ one-line error with the closest existing key.
 
 from __future__ import annotations
 
-import difflib
 import warnings
 
 from omegaconf import DictConfig, OmegaConf
@@ -41,29 +40,6 @@ class CheckpointVocabulary:
         if name.startswith("__"):
             raise AttributeError(name)
         return None
-
-
-def config_keys(node, prefix: str = "") -> list[str]:
-    """Every dotted key of a plain nested dict (inner nodes and leaves)."""
-    keys = []
-    if isinstance(node, dict):
-        for key, value in node.items():
-            dotted = f"{prefix}{key}"
-            keys += [dotted, *config_keys(value, dotted + ".")]
-    return keys
-
-
-def check_overrides(config_raw: dict, overrides: list[str]) -> None:
-    """A one-line :class:`UserError` for an override ``key=value`` whose key is not in the stored config (with the
-    closest existing key); ``+key=value`` may add a key."""
-    known = set(config_keys(config_raw))
-    for item in overrides:
-        key = item.partition("=")[0]
-        if key.startswith("+") or key in known:
-            continue
-        close = difflib.get_close_matches(key, sorted(known), n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else "; prefix it with + to add a new key"
-        raise UserError(f"unknown config key {key!r} (not in the checkpoint's training config){hint}")
 
 
 def checkpoint_data(cfg: DictConfig, state: dict, source: object):
@@ -91,7 +67,9 @@ def build_from_config(cfg: DictConfig, state: dict, source: object) -> tuple[Spi
     from hydra.utils import get_class
 
     from snn_engine.run import build_model  # the engine's restore path (heavy import)
+    from snn_engine.trust import check_config
 
+    check_config(state.get("config_raw"), str(source))  # nothing it names is imported before this
     target = OmegaConf.select(cfg, "model._target_")
     try:
         cls = get_class(str(target))
@@ -109,9 +87,8 @@ def load_model(ckpt: str, overrides: list[str], use_ema: bool = False):
     from snn_engine.run import checkpoint_config
 
     state = ckpt_io.load(ckpt)
-    if isinstance(state.get("config_raw"), dict):
-        check_overrides(state["config_raw"], overrides)
-    cfg = checkpoint_config(state, overrides)
+    added = frozenset(item.partition("=")[0][1:] for item in overrides if item.startswith("+"))
+    cfg = checkpoint_config(state, overrides, ckpt, added=added)  # trusted config, known keys only
     model, vocab = build_from_config(cfg, state, ckpt)
     ckpt_io.check_compatible(state, model, str(cfg.model._target_), ckpt)
     weights = state["ema"] if use_ema else state["model"]

@@ -123,17 +123,21 @@ def test_unavailable_neuron_implementation_is_an_error(tmp_path):
 def test_checkpoint_of_another_model_is_refused(tmp_path):
     run.train(compose_train(TINY + ["trainer.max_steps=1"]), tmp_path / "a")
     other = TINY + ["model.dim=18", f"trainer.resume={tmp_path / 'a' / 'checkpoints' / 'last.pt'}"]
-    with pytest.raises(UserError, match="different model"):
+    with pytest.raises(UserError, match="would change settings it was trained with: model.dim: 24 -> 18"):
         run.train(compose_train(other), tmp_path / "b")
+    with pytest.raises(UserError, match="different model"):  # accepted changes still cannot load other shapes
+        run.train(compose_train(other + ["trainer.resume_allow_changes=true"]), tmp_path / "c")
 
 
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     cfg = TINY + ["optimizer=sgd", "optimizer.lr=1e30", "optimizer.momentum=0.0", "trainer.epochs=3",
                   "trainer.val_every_n_steps=1", "trainer.limit_val_batches=1"]
-    with pytest.raises(UserError, match="non-finite loss"):
+    with pytest.raises(UserError, match="training diverged .*; the last finite checkpoint is .*last.pt"):
         run.train(compose_train(cfg), tmp_path)
     state = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=True)
     assert state["step"] >= 1
+    assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+    assert read_summary(tmp_path)["status"] == "diverged"
 
 
 def test_ema_accumulation_and_eval_of_ema_weights(tmp_path, caplog):
