@@ -50,6 +50,7 @@ from pathlib import Path
 import torch
 
 from snn_engine.errors import UserError
+from snn_engine.strict_args import StrictArgumentParser
 from spiking_ssm.lif_traces import generate_traces
 from spiking_ssm.sdn import SDN, ReducedSDN, load_reduced, reduce_sdn, save_reduced
 from spiking_ssm.sdn_agreement import SUITE_SEED, format_table, run_suite
@@ -127,7 +128,7 @@ def train(args: argparse.Namespace) -> tuple[SDN, dict]:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m spiking_ssm.pretrain_sdn", description=__doc__.split("\n")[0])
+    parser = StrictArgumentParser(prog="python -m spiking_ssm.pretrain_sdn", description=__doc__.split("\n")[0])
     parser.add_argument("--tau", type=float, default=0.125, help="LIF leak (u <- tau*u + y)")
     parser.add_argument("--data", choices=("mixture", "normal"), default="mixture",
                         help="training currents: the mixture of spiking_ssm.sdn_data, or i.i.d. N(0,1) only")

@@ -27,6 +27,7 @@ from typing import Callable
 import torch
 
 from snn_engine.errors import UserError
+from snn_engine.strict_args import StrictArgumentParser
 from spiking_ssm.layer_currents import SOURCES, source_currents
 from spiking_ssm.lif_traces import lif_reference
 from spiking_ssm.neurons import packaged_weights
@@ -199,7 +200,7 @@ def _labelled(paths: list[Path]) -> dict[str, ReducedSDN]:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m spiking_ssm.sdn_agreement", description=__doc__.split("\n")[0])
+    parser = StrictArgumentParser(prog="python -m spiking_ssm.sdn_agreement", description=__doc__.split("\n")[0])
     parser.add_argument("--weights", type=Path, nargs="+", default=None,
                         help="reduced SDN files (default: the packaged SDN for tau 0.125)")
     parser.add_argument("--seqs", type=int, default=2000, help="sequences per distribution")

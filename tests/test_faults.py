@@ -268,3 +268,25 @@ def test_full_disk_is_one_line_and_keeps_the_previous_checkpoint(tmp_path, finis
     done = train(tmp_path, "run_name=base", "trainer.resume=auto", "trainer.epochs=3", prepare=small_disk)
     assert_one_line_error(done, "no space left on the device")
     assert snapshot(run / "checkpoints") == before
+
+
+# ------------------------------------------------------------------------------------------ python -m tools
+@pytest.mark.parametrize("argv,expected", [
+    (["--finetune-epoch", "3"], "unknown option --finetune-epoch (did you mean --finetune-epochs?)"),
+    (["--epoch", "3"], "unknown option --epoch (did you mean --epochs?)"),  # no silent prefix matching
+    (["--tau", "abc"], "argument --tau: invalid float value: 'abc'"),
+    (["--length", "0"], "invalid --length 0"),
+])
+def test_pretrain_sdn_rejects_unknown_and_bad_arguments(argv, expected, capsys):
+    from snn_engine.errors import UserError
+    from spiking_ssm.pretrain_sdn import parse_args
+
+    try:
+        parse_args(argv)
+    except SystemExit as stop:
+        err = capsys.readouterr().err
+        assert stop.code == 2 and err.count("\n") == 1 and err.startswith("error: ") and expected in err, err
+    except UserError as error:
+        assert expected in str(error)
+    else:
+        raise AssertionError(f"{argv} was accepted")
