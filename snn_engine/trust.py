@@ -6,7 +6,8 @@ a stranger could name ``numpy.savetxt`` or ``shutil.copyfile``. So before anythi
 such a config, :func:`check_config` requires:
 
 - every ``_target_`` to be a plain string equal to one that a YAML file under ``conf/`` names (an exact allow-list:
-  even the project's own helpers, such as a file writer, are refused unless a config instantiates them);
+  even the project's own helpers, such as a file writer, are refused unless a config instantiates them), or one that
+  the user lists in ``$SNN_TRUSTED_TARGETS`` (a plug-in's classes);
 - no Hydra instantiation switch that calls something else (``_args_`` is fine, ``_target_`` nested anywhere is
   checked the same way);
 - interpolations to use only harmless resolvers (:data:`SAFE_RESOLVERS`); ``oc.env`` only for ``SNN_*`` variables.
@@ -17,6 +18,7 @@ such a config, :func:`check_config` requires:
 from __future__ import annotations
 
 import functools
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -31,12 +33,19 @@ _ENV_CALL = re.compile(r"\$\{\s*oc\.env\s*:\s*([^,}]*)")
 
 
 @functools.lru_cache(maxsize=1)
-def trusted_targets() -> frozenset[str]:
-    """Every ``_target_`` named by a YAML file under ``conf/``."""
+def config_targets() -> frozenset[str]:
+    """Every ``_target_`` named by a YAML file under ``conf/`` (``conf/local/`` included)."""
     names = set()
     for path in CONF_DIR.rglob("*.yaml"):
         names.update(match.group(1) for match in _TARGET_LINE.finditer(path.read_text(encoding="utf-8")))
     return frozenset(names)
+
+
+def trusted_targets() -> frozenset[str]:
+    """The targets of ``conf/`` plus the exact names listed in ``$SNN_TRUSTED_TARGETS`` (comma-separated: classes of
+    a plug-in package whose configs live elsewhere)."""
+    extra = {name.strip() for name in os.environ.get("SNN_TRUSTED_TARGETS", "").split(",") if name.strip()}
+    return config_targets() | extra
 
 
 def _walk(node: Any, key: str = ""):
