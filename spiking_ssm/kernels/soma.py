@@ -167,7 +167,7 @@ class _SurrogateSpikes(torch.autograd.Function):
         return grad_spikes * factor, None, None, None, None
 
 
-def sdn_spikes(y: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
+def sdn_spikes(y: torch.Tensor, params: SDNWeights) -> torch.Tensor:
     """SDN soma on currents ``y [..., L]`` (time last, any strides) -> spikes ``[..., L]`` in ``y``'s dtype.
 
     ``params`` from :func:`sdn_params`. Differentiable in ``y`` through the triangle surrogate; the membrane
