@@ -4,7 +4,8 @@
 #   1. the fused kernels' tests compiled on CUDA (not the interpreter);
 #   2. the speed table at the paper's setting (batch 64, width 256, d_state 64, L = 1K..8K), with --verify and
 #      --decompose, then the same under autocast;
-#   3. two epochs of sequential MNIST with the SDN soma and with SpikingJelly's LIF (sequences/s, accuracy).
+#   3. every fused kernel's measured time beside its modelled one (benchmarks/kernel_budget.py --measure);
+#   4. two epochs of sequential MNIST with the SDN soma and with SpikingJelly's LIF (sequences/s, accuracy).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${OUT:-gpu_logs}
@@ -17,6 +18,7 @@ export WANDB_MODE=disabled PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total --format=csv > "$out/gpu.txt" 2>&1
 python3 -m pytest -q -p no:cacheprovider tests/test_ssm_kernels.py > "$out/kernel_tests.txt" 2>&1
 python3 benchmarks/neuron_speed.py --batch 64 --width 256 --verify --decompose > "$out/neuron_speed.txt" 2>&1
+python3 -m benchmarks.kernel_budget --measure > "$out/kernel_budget.txt" 2>&1  # measured beside modelled
 python3 benchmarks/neuron_speed.py --batch 64 --width 256 --amp --somas "sdn fused" "lif sj" "sltt fused" \
     > "$out/neuron_speed_amp.txt" 2>&1
 data=${DATA:-.gpu/data}

@@ -12,6 +12,7 @@ import functools
 
 import torch
 
+from spiking_ssm.kernels.launch import exact_fp32
 from spiking_ssm.kernels.runtime import triton_unavailable
 from spiking_ssm.kernels.vandermonde import fused_vandermonde_kernel
 from spiking_ssm.layer import SpikingSSM
@@ -49,7 +50,13 @@ def _soma_check(kind: str, y: torch.Tensor, upstream: torch.Tensor) -> tuple[str
 
 
 def verify(batch: int, width: int, d_state: int, length: int, device: torch.device) -> bool:
-    """Print one line per fused path; return True when every check passes (no far spike flips, gradients 1e-5)."""
+    """Print one line per fused path; return True when every check passes (no far spike flips, gradients 1e-5).
+    The torch references run with TF32 off (true float32 convolutions and matmuls on CUDA)."""
+    with exact_fp32():
+        return _verify(batch, width, d_state, length, device)
+
+
+def _verify(batch: int, width: int, d_state: int, length: int, device: torch.device) -> bool:
     reason = triton_unavailable(device)
     if reason:
         print(f"verify: skipped ({reason})")

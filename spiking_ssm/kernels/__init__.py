@@ -6,5 +6,10 @@
 - :mod:`spiking_ssm.kernels.vandermonde`: the S4D kernel ``K[c, h, l] = 2 Re sum_n coeff Abar^l`` and its
   gradients without the ``[H, N/2, L]`` Vandermonde matrix;
 - :mod:`spiking_ssm.kernels.runtime`: where a Triton kernel can run (CUDA, or CPU tensors under Triton's
-  interpreter, ``TRITON_INTERPRET=1``) and the one-line errors when it cannot.
+  interpreter, ``TRITON_INTERPRET=1``) and the one-line errors when it cannot;
+- :mod:`spiking_ssm.kernels.launch`: FP fusion pinned on, no autotuning inside CUDA-graph capture, TF32 off for
+  references;
+- :mod:`spiking_ssm.kernels.offline`, :mod:`~spiking_ssm.kernels.sass`, :mod:`~spiking_ssm.kernels.plans`,
+  :mod:`~spiking_ssm.kernels.roofline`: every kernel compiled for sm_80/sm_90 without a GPU, its SASS counted and
+  its H100 time modelled (``benchmarks/kernel_budget.py``, ``tests/test_kernel_compile.py``).
 """

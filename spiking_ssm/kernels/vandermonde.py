@@ -7,7 +7,9 @@ positions, loops over the modes and keeps ``exp(dtA l)`` in registers: memory is
 
 Backward, with ``g = dLoss/dK`` and ``v = exp(dtA l)`` (PyTorch's conjugate convention for complex gradients):
 ``dcoeff[c, h, n] = 2 sum_l g[c, h, l] conj(v)`` and ``ddtA[h, n] = 2 sum_c conj(coeff[c, h, n]) sum_l
-g[c, h, l] l conj(v)``. Each program writes its block's partial sums; torch adds the blocks (deterministic).
+g[c, h, l] l conj(v)``. Each program handles every mode of one channel over a block of positions, accumulating
+``[modes, SPAN]`` tiles and reducing them once, and writes its block's partial sums; torch adds the blocks
+(deterministic).
 
 The phase ``Im(dtA) l`` is formed in the compute precision as torch does, then reduced to [-pi, pi] with a
 two-constant (Cody-Waite) split of 2 pi (6.28125, whose 8 significant bits make ``k * 6.28125`` exact, plus the
@@ -19,9 +21,16 @@ from __future__ import annotations
 
 import torch
 
+from spiking_ssm.kernels.launch import FP_FUSION, run
 from spiking_ssm.kernels.runtime import interpreter_on, triton
 
 BLOCK = 256  # positions per program (backward, the interpreter, and the forward before autotuning)
+SPAN = 16  # positions per slice of the backward's [modes, SPAN] tiles
+
+
+def backward_modes(n2: int) -> int:
+    """The backward's mode axis: ``n2`` padded to a power of two."""
+    return 1 << max(0, n2 - 1).bit_length()
 
 if triton is not None:
     import triton.language as tl
@@ -31,6 +40,11 @@ if triton is not None:
         """``exp(dtA[h, n] pos)`` as (real, imaginary) blocks, its phase reduced to [-pi, pi] first."""
         ar = tl.load(dta_ptr + (h * N2 + n) * 2)
         ai = tl.load(dta_ptr + (h * N2 + n) * 2 + 1)
+        return _rotation(ar, ai, pos, F64)
+
+    @triton.jit
+    def _rotation(ar, ai, pos, F64: tl.constexpr):
+        """``exp((ar + i ai) pos)`` as (real, imaginary), broadcasting ``ar``/``ai`` against ``pos``."""
         magnitude = tl.exp(ar * pos)
         phase = ai * pos
         dtype = tl.float64 if F64 else tl.float32  # typed constants: a bare float literal would be float32
@@ -60,39 +74,61 @@ if triton is not None:
 
     @triton.jit
     def _vandermonde_backward_kernel(coeff_ptr, dta_ptr, g_ptr, gcoeff_ptr, gdta_ptr, H, N2, L, C: tl.constexpr,
-                                     BLOCK: tl.constexpr, F64: tl.constexpr):
+                                     BLOCK: tl.constexpr, MODES: tl.constexpr, SPAN: tl.constexpr,
+                                     F64: tl.constexpr):
+        """Partial sums of one block of ``BLOCK`` positions for every mode at once: ``[MODES, SPAN]`` tiles (modes
+        padded to a power of two) accumulate ``g v`` and ``g l v`` elementwise over the block's ``SPAN``-wide
+        slices, and each is reduced over positions once at the end (a handful of barriers per program, not a few
+        per mode)."""
         h = tl.program_id(0).to(tl.int64)
         block = tl.program_id(1).to(tl.int64)
-        l = block * BLOCK + tl.arange(0, BLOCK)
-        inside = l < L
-        pos = l.to(tl.float64) if F64 else l.to(tl.float32)
-        g0 = tl.load(g_ptr + h * L + l, mask=inside, other=0.0)
-        g1 = g0
-        if C == 2:
-            g1 = tl.load(g_ptr + (H + h) * L + l, mask=inside, other=0.0)
-        # partial sums of this block: gcoeff [blocks, C, H, N2, 2], gdta [blocks, H, N2, 2]
-        for n in range(N2):
-            vr, vi = _mode(dta_ptr, h, n, N2, pos, F64)
-            c0 = coeff_ptr + (h * N2 + n) * 2
-            cr, ci = tl.load(c0), tl.load(c0 + 1)
-            out = gcoeff_ptr + ((block * C * H + h) * N2 + n) * 2
-            tl.store(out, 2.0 * tl.sum(g0 * vr))
-            tl.store(out + 1, -2.0 * tl.sum(g0 * vi))
-            t0, t1 = tl.sum(g0 * pos * vr), tl.sum(g0 * pos * vi)
-            dar = cr * t0 - ci * t1
-            dai = cr * t1 + ci * t0
+        n = tl.arange(0, MODES)
+        live = n < N2
+        ar = tl.load(dta_ptr + (h * N2 + n) * 2, mask=live, other=0.0)[:, None]
+        ai = tl.load(dta_ptr + (h * N2 + n) * 2 + 1, mask=live, other=0.0)[:, None]
+        dtype = tl.float64 if F64 else tl.float32
+        r0 = tl.zeros([MODES, SPAN], dtype=dtype)  # sum g0 Re v, sum g0 Im v, sum g0 l Re v, sum g0 l Im v
+        i0, pr0, pi0 = r0, r0, r0
+        r1, i1, pr1, pi1 = r0, r0, r0, r0  # the same for the second channel (C = 2)
+        for start in range(0, BLOCK, SPAN):
+            l = block * BLOCK + start + tl.arange(0, SPAN)
+            inside = l < L
+            pos = l.to(tl.float64) if F64 else l.to(tl.float32)
+            vr, vi = _rotation(ar, ai, pos[None, :], F64)
+            g0 = tl.load(g_ptr + h * L + l, mask=inside, other=0.0)[None, :]
+            gp0 = g0 * pos[None, :]
+            r0 += g0 * vr
+            i0 += g0 * vi
+            pr0 += gp0 * vr
+            pi0 += gp0 * vi
             if C == 2:
-                c1 = coeff_ptr + ((H + h) * N2 + n) * 2
-                cr1, ci1 = tl.load(c1), tl.load(c1 + 1)
-                out1 = gcoeff_ptr + (((block * C + 1) * H + h) * N2 + n) * 2
-                tl.store(out1, 2.0 * tl.sum(g1 * vr))
-                tl.store(out1 + 1, -2.0 * tl.sum(g1 * vi))
-                s0, s1 = tl.sum(g1 * pos * vr), tl.sum(g1 * pos * vi)
-                dar += cr1 * s0 - ci1 * s1
-                dai += cr1 * s1 + ci1 * s0
-            out_a = gdta_ptr + ((block * H + h) * N2 + n) * 2
-            tl.store(out_a, 2.0 * dar)
-            tl.store(out_a + 1, -2.0 * dai)
+                g1 = tl.load(g_ptr + (H + h) * L + l, mask=inside, other=0.0)[None, :]
+                gp1 = g1 * pos[None, :]
+                r1 += g1 * vr
+                i1 += g1 * vi
+                pr1 += gp1 * vr
+                pi1 += gp1 * vi
+        # partial sums of this block: gcoeff [blocks, C, H, N2, 2], gdta [blocks, H, N2, 2]
+        c0 = coeff_ptr + (h * N2 + n) * 2
+        cr, ci = tl.load(c0, mask=live, other=0.0), tl.load(c0 + 1, mask=live, other=0.0)
+        out = gcoeff_ptr + ((block * C * H + h) * N2 + n) * 2
+        tl.store(out, 2.0 * tl.sum(r0, axis=1), mask=live)
+        tl.store(out + 1, -2.0 * tl.sum(i0, axis=1), mask=live)
+        t0, t1 = tl.sum(pr0, axis=1), tl.sum(pi0, axis=1)
+        dar = cr * t0 - ci * t1
+        dai = cr * t1 + ci * t0
+        if C == 2:
+            c1 = coeff_ptr + ((H + h) * N2 + n) * 2
+            cr1, ci1 = tl.load(c1, mask=live, other=0.0), tl.load(c1 + 1, mask=live, other=0.0)
+            out1 = gcoeff_ptr + (((block * C + 1) * H + h) * N2 + n) * 2
+            tl.store(out1, 2.0 * tl.sum(r1, axis=1), mask=live)
+            tl.store(out1 + 1, -2.0 * tl.sum(i1, axis=1), mask=live)
+            s0, s1 = tl.sum(pr1, axis=1), tl.sum(pi1, axis=1)
+            dar += cr1 * s0 - ci1 * s1
+            dai += cr1 * s1 + ci1 * s0
+        out_a = gdta_ptr + ((block * H + h) * N2 + n) * 2
+        tl.store(out_a, 2.0 * dar, mask=live)
+        tl.store(out_a + 1, -2.0 * dai, mask=live)
 
     def _configs(blocks: list[int], warps: list[int]) -> list:
         return [triton.Config({"BLOCK": b}, num_warps=w) for b, w in zip(blocks, warps)]
@@ -116,9 +152,11 @@ class _Vandermonde(torch.autograd.Function):
         if H and length:
             args = (coeff, dta, k, H, N2, length, length.bit_length())  # autotuned per power-of-two class of L
             if _tuned(coeff.device):
-                _forward_tuned[lambda meta: (H, triton.cdiv(length, meta["BLOCK"]))](*args, C=C, F64=f64)
+                run(_forward_tuned, _vandermonde_forward_kernel, lambda meta: (H, triton.cdiv(length, meta["BLOCK"])),
+                    args, (H, N2, args[-1], C, f64), ({"BLOCK": BLOCK}, 4), C=C, F64=f64)
             else:
-                _vandermonde_forward_kernel[(H, triton.cdiv(length, BLOCK))](*args, C=C, BLOCK=BLOCK, F64=f64)
+                _vandermonde_forward_kernel[(H, triton.cdiv(length, BLOCK))](*args, C=C, BLOCK=BLOCK, F64=f64,
+                                                                             **FP_FUSION)
         ctx.save_for_backward(coeff, dta)
         ctx.length = length
         return k
@@ -133,7 +171,8 @@ class _Vandermonde(torch.autograd.Function):
         gdta = coeff.new_empty(blocks, H, N2, 2)
         if H and length:
             _vandermonde_backward_kernel[(H, blocks)](coeff, dta, grad_k.contiguous(), gcoeff, gdta, H, N2, length,
-                                                      C=C, BLOCK=BLOCK, F64=coeff.dtype == torch.float64)
+                                                      C=C, BLOCK=BLOCK, MODES=backward_modes(N2), SPAN=SPAN,
+                                                      F64=coeff.dtype == torch.float64, num_warps=4, **FP_FUSION)
         return gcoeff.sum(0), gdta.sum(0), None
 
 

@@ -1,0 +1,73 @@
+"""On a CUDA machine: time each fused kernel launch of ``kernel_budget.py``'s float32 benchmark set (batch 64, width
+256, L = 8192, d_state 64) and print the measured milliseconds beside the modelled ones.
+
+Called by ``python -m benchmarks.kernel_budget --measure``; each row is one kernel and autotune config launched
+directly (no autotuner), timed with ``triton.testing.do_bench`` (median of repeated launches, L2 flushed between).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from spiking_ssm.kernels import soma, vandermonde
+from spiking_ssm.kernels.launch import FP_FUSION
+from spiking_ssm.kernels.plans import BENCH
+
+
+def _config(text: str) -> tuple[dict, int]:
+    """``"BLOCK=256 w4"`` -> ``({"BLOCK": 256}, 4)``."""
+    *pairs, warps = text.split()
+    return {k: int(v) for k, v in (pair.split("=") for pair in pairs)}, int(warps[1:])
+
+
+def _launcher(name: str, kwargs: dict, warps: int):
+    """A no-argument callable launching ``name`` with this config on the benchmark's tensors."""
+    import triton
+
+    n, length, h, n2 = BENCH.rows, BENCH.length, BENCH.width, BENCH.d_state // 2
+    cuda = torch.device("cuda")
+    options = dict(kwargs, num_warps=warps, **FP_FUSION)
+    if name.startswith(("sdn", "sltt")):
+        y = torch.randn(n, BENCH.row_stride, device=cuda)[:, :length]
+        s, g = torch.empty(n, length, device=cuda), torch.empty(n, length, device=cuda)
+        store_g = "no g" not in name
+        if name.startswith("sdn"):
+            weights = tuple(0.1 for _ in range(soma.SDN_NUM_WEIGHTS + 1))
+            grid = (n, triton.cdiv(length, kwargs["BLOCK"]))
+            args = (y, s, g, weights, length, y.stride(0), 1, length, 1, n.bit_length(), length.bit_length())
+            return lambda: soma._sdn_forward_kernel[grid](*args, STORE_G=store_g, F64=False, W_IN_ARGS=True, **options)
+        params = soma.sltt_params(0.125, 1.0, 1.0, cuda, torch.float32)
+        grid = (triton.cdiv(n, kwargs["ROWS"]),)
+        args = (y, s, g, s, params, n, length, y.stride(0), 1, length, 1, n.bit_length(), length.bit_length())
+        return lambda: soma._sltt_forward_kernel[grid](*args, STORE_G=store_g, STORE_V=False, F64=False, **options)
+    channels = int(name.split("C=")[1])
+    coeff = torch.randn(channels, h, n2, 2, device=cuda)
+    dta = torch.stack([-torch.rand(h, n2, device=cuda), torch.randn(h, n2, device=cuda)], -1)
+    blocks = triton.cdiv(length, kwargs["BLOCK"])
+    if "fwd" in name:
+        k = torch.empty(channels, h, length, device=cuda)
+        return lambda: vandermonde._vandermonde_forward_kernel[(h, blocks)](
+            coeff, dta, k, h, n2, length, length.bit_length(), C=channels, F64=False, **options)
+    grad = torch.randn(channels, h, length, device=cuda)
+    gcoeff, gdta = torch.empty(blocks, channels, h, n2, 2, device=cuda), torch.empty(blocks, h, n2, 2, device=cuda)
+    return lambda: vandermonde._vandermonde_backward_kernel[(h, blocks)](
+        coeff, dta, grad, gcoeff, gdta, h, n2, length, C=channels, MODES=vandermonde.backward_modes(n2),
+        SPAN=vandermonde.SPAN, F64=False, **options)
+
+
+def measure_beside_model(rows: list[dict]) -> None:
+    """Print ``kernel [config]: measured ms, modelled ms (bound)`` for each float32 sm_90 row."""
+    from triton.testing import do_bench
+
+    if not torch.cuda.is_available():
+        print("measure: skipped (no CUDA device)")
+        return
+    torch.backends.cuda.matmul.allow_tf32 = False
+    print(f"MEASURED on {torch.cuda.get_device_name()} beside MODELLED (H100 rates)")
+    for row in rows:
+        if "ms" not in row:
+            continue
+        run = _launcher(row["name"], *_config(row["config"]))
+        measured = do_bench(run, warmup=25, rep=200)
+        print(f"{row['label']:<40} measured {measured:7.3f} ms   modelled {row['ms']:7.3f} ms ({row['limit']}-bound)"
+              f"   DRAM floor {row['dram_ms']:.3f} ms", flush=True)

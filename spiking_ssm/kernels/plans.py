@@ -1,0 +1,152 @@
+"""Every launch the layer makes of a Triton kernel, as compile plans: kernel, arguments as the launcher sees them,
+autotune config, dtype, and the per-element bookkeeping a cost model needs, with the budget the kernel must meet.
+
+``plans(shape, everything=True)`` lists each kernel x autotune config x dtype the code accepts, and in float32 the
+other store flags and channel counts too; the default (``everything=False``) is the float32 benchmark set.
+A :class:`Shape` gives the sizes: the benchmark is batch 64, width 256, L = 8192, d_state 64 (rows ``[B, H, L]`` read
+from the FFT output, row stride 2L); ``ODD`` has a length and strides that are not multiples of 16, so the launcher
+gives no divisibility hints.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+from spiking_ssm.kernels import soma, vandermonde
+from spiking_ssm.kernels.offline import stand_in
+from spiking_ssm.kernels.roofline import Access
+
+SOMA_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+S4D_DTYPES = (torch.float32, torch.float64)
+
+
+@dataclasses.dataclass(frozen=True)
+class Shape:
+    batch: int = 64
+    width: int = 256
+    length: int = 8192
+    d_state: int = 64
+    row_stride: int = 2 * 8192  # currents are a slice of the FFT output, 2L long per row
+
+    @property
+    def rows(self) -> int:
+        return self.batch * self.width
+
+
+BENCH = Shape()
+ODD = Shape(batch=3, width=5, length=263, d_state=8, row_stride=263)
+
+
+@dataclasses.dataclass
+class Plan:
+    name: str  # "sdn fwd", ...
+    config: str  # the autotune config, e.g. "BLOCK=256 w4"
+    dtype: torch.dtype
+    kernel: object  # the @triton.jit function
+    args: tuple
+    constants: dict
+    num_warps: int
+    elements: int  # of the launch
+    elements_per_thread: float
+    trips: float  # loop-body runs per program
+    bytes_per_element: float  # DRAM traffic the launch must make
+    access: Access
+    max_registers: int
+    max_instructions: float  # SASS instructions per element
+
+    @property
+    def label(self) -> str:
+        return f"{self.name} [{self.config}] {str(self.dtype).replace('torch.', '')}"
+
+
+def _configs(tuned) -> list[tuple[dict, int]]:
+    return [(dict(config.kwargs), config.num_warps) for config in tuned.configs]
+
+
+def _describe(kwargs: dict, warps: int) -> str:
+    return " ".join(f"{k}={v}" for k, v in kwargs.items()) + f" w{warps}"
+
+
+def _size(dtype: torch.dtype) -> int:
+    return torch.empty(0, dtype=dtype).element_size()
+
+
+def _sdn(shape: Shape, dtype, store_g: bool) -> list[Plan]:
+    n, length, size = shape.rows, shape.length, _size(dtype)
+    f64 = dtype == torch.float64
+    aligned = shape.row_stride % 16 == 0 and length % 16 == 0  # vector loads (no hints: scalar ones, more work)
+    y, out = stand_in(dtype), stand_in(dtype)
+    w = stand_in(torch.float64) if f64 else tuple(0.5 for _ in range(soma.SDN_NUM_WEIGHTS + 1))  # as the launch
+    args = (y, out, out, w, length, shape.row_stride, 1, length, 1, n.bit_length(), length.bit_length())
+    result = []
+    for kwargs, warps in _configs(soma._sdn_forward_tuned):
+        per_thread = kwargs["BLOCK"] / (32 * warps)  # in quads: one access covers a lane's 4 steps, lanes 4 apart
+        result.append(Plan("sdn fwd" + ("" if store_g else " (no g)"), _describe(kwargs, warps), dtype,
+                           soma._sdn_forward_kernel, args,
+                           dict(kwargs, STORE_G=store_g, F64=f64, W_IN_ARGS=not f64), warps,
+                           n * length, per_thread, 0, size * (3 if store_g else 2), Access(4 * size),
+                           max_registers=255, max_instructions=850 if f64 else 205 if aligned else 250))
+    return result
+
+
+def _sltt(shape: Shape, dtype, store_g: bool, store_v: bool) -> list[Plan]:
+    n, length, size = shape.rows, shape.length, _size(dtype)
+    aligned = shape.row_stride % 16 == 0 and length % 16 == 0
+    y, out, p = stand_in(dtype), stand_in(dtype), stand_in(soma.compute_dtype(dtype))
+    args = (y, out, out, out, p, n, length, shape.row_stride, 1, length, 1, n.bit_length(), length.bit_length())
+    result = []
+    for kwargs, warps in _configs(soma._sltt_forward_tuned):
+        per_thread = kwargs["ROWS"] * length / (32 * warps)
+        name = "sltt fwd" + ("" if store_g else " (no g)") + (" +v" if store_v else "")
+        result.append(Plan(name, _describe(kwargs, warps), dtype, soma._sltt_forward_kernel, args,
+                           dict(kwargs, STORE_G=store_g, STORE_V=store_v, F64=dtype == torch.float64), warps,
+                           n * length, per_thread, length / kwargs["CHUNK"], size * (2 + store_g + store_v),
+                           Access(size, rows=True), max_registers=128,
+                           max_instructions=24 if aligned and dtype != torch.float64 else 64))
+    return result
+
+
+def _s4d(shape: Shape, dtype, channels: int) -> list[Plan]:
+    h, n2, length = shape.width, shape.d_state // 2, shape.length
+    real = stand_in(dtype)
+    f64 = dtype == torch.float64
+    size = _size(dtype)
+    elements = channels * h * length
+    forward = []
+    for kwargs, warps in _configs(vandermonde._forward_tuned):
+        args = (real, real, real, h, n2, length, length.bit_length())
+        forward.append(Plan(f"s4d fwd C={channels}", _describe(kwargs, warps), dtype,
+                            vandermonde._vandermonde_forward_kernel, args, dict(kwargs, C=channels, F64=f64), warps,
+                            elements, kwargs["BLOCK"] / (32 * warps) * channels, n2, size,
+                            Access(int(kwargs["BLOCK"] / (32 * warps)) * size),
+                            max_registers=128, max_instructions=(16000 if f64 else 10000) / channels))
+    block, warps = vandermonde.BLOCK, 4
+    blocks = -(-length // block)
+    partials = blocks * (channels + 1) * h * n2 * 2 * size  # written by the kernel, read by torch's sum
+    backward = Plan(f"s4d bwd C={channels}", _describe({"BLOCK": block}, warps), dtype,
+                    vandermonde._vandermonde_backward_kernel, (real, real, real, real, real, h, n2, length),
+                    dict(C=channels, BLOCK=block, MODES=vandermonde.backward_modes(n2), SPAN=vandermonde.SPAN,
+                         F64=f64), warps, elements, block / (32 * warps) * channels, block / vandermonde.SPAN,
+                    size + 2 * partials / elements, Access(int(block / (32 * warps)) * size),
+                    max_registers=192 if f64 else 128, max_instructions=(18000 if f64 else 12000) / channels)
+    return forward + [backward]
+
+
+def plans(shape: Shape = BENCH, everything: bool = False) -> list[Plan]:
+    """The launches to compile: the float32 benchmark set, or (``everything``) every dtype and flag too."""
+    soma_dtypes = SOMA_DTYPES if everything else SOMA_DTYPES[:1]
+    s4d_dtypes = S4D_DTYPES if everything else S4D_DTYPES[:1]
+    result = []
+    for dtype in soma_dtypes:
+        result += _sdn(shape, dtype, store_g=True)
+        result += _sltt(shape, dtype, store_g=True, store_v=False)
+    result += _sdn(shape, torch.float32, store_g=False) + _sltt(shape, torch.float32, store_g=False, store_v=False)
+    if everything:
+        result += _sltt(shape, torch.float32, store_g=True, store_v=True)
+    for dtype in s4d_dtypes:
+        result += _s4d(shape, dtype, 2)  # bidirectional layers; unidirectional ones (C = 1) in float32 below
+    if everything:
+        result += _s4d(shape, torch.float32, 1)
+    return result

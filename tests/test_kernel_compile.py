@@ -1,0 +1,86 @@
+"""Every Triton kernel of the project compiled for real GPUs (sm_80, sm_90) on the CPU, without a GPU.
+
+``benchmarks/kernel_budget.py`` compiles each kernel x autotune config x dtype the code accepts (float32 also with
+its other store flags and an odd shape that gets no divisibility hints), with the argument specialisation Triton's
+launcher gives the layer's calls, to cubin; this test fails on a compile error, a register spill, or a kernel over
+its register or SASS-instruction budget. Compiled results are cached by kernel source hash
+(``~/.cache/spiking_ssm/kernel_stats``): a cold run takes minutes, a warm one seconds. Skipped only where Triton or
+its bundled ``cuobjdump``/``nvdisasm`` are absent.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from spiking_ssm.kernels.offline import tools_dir
+from spiking_ssm.kernels.roofline import Access, wavefronts
+from spiking_ssm.kernels.sass import count_sass
+from tests.helpers import REPO
+
+ARCHS = ("80", "90")
+KERNELS = {"sdn fwd", "sltt fwd", "s4d fwd C=2", "s4d bwd C=2"}
+SOMA_DTYPES = {"float32", "float16", "bfloat16", "float64"}
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    if tools_dir() is None:
+        pytest.skip("triton's bundled cuobjdump/nvdisasm are not installed (a CPU-only torch without Triton)")
+    out = tmp_path_factory.mktemp("kernels") / "budget.json"
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}  # the real compiler, not the interpreter
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
+    done = subprocess.run([sys.executable, "-m", "benchmarks.kernel_budget", "--everything", "--arch", *ARCHS,
+                           "--odd", "90", "--jobs", "2", "--json", str(out)],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=1800)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return json.loads(out.read_text())
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_every_kernel_compiles_without_spills_within_budget(report, arch):
+    rows = [row for row in report if row["arch"] == int(arch)]
+    names = {row["name"] for row in rows}
+    assert KERNELS <= names, f"kernels missing from the compile plans: {KERNELS - names}"
+    assert {row["dtype"] for row in rows if row["name"] == "sdn fwd"} == SOMA_DTYPES
+    assert {row["dtype"] for row in rows if row["name"] == "sltt fwd"} == SOMA_DTYPES
+    failures = [f"sm_{arch} {'odd ' if row['odd'] else ''}{row['label']}: {'; '.join(row['failures'])}"
+                for row in rows if row["failures"]]
+    assert not failures, "\n".join(failures)
+    assert all(row["registers"] > 0 and row["instructions"] > 0 for row in rows)
+
+
+SASS = """
+        /*0000*/                   LDC R1, c[0x0][0x28] ;
+        /*0010*/                   LDC.64 R6, c[0x0][0x228] ;
+        /*0020*/                   LDG.E R5, desc[UR6][R6.64+0x4] ;
+.L_x_0:
+        /*0030*/                   LDG.E.128 R8, desc[UR6][R2.64+-0x20] ;
+        /*0040*/                   FFMA R0, R8, R5, R0 ;
+        /*0050*/               @P0 STG.E.U16 desc[UR6][R4.64], R0 ;
+        /*0060*/               @P1 BRA `(.L_x_0) ;
+        /*0070*/                   BAR.SYNC.DEFER_BLOCKING 0x0 ;
+        /*0080*/                   EXIT ;
+.L_x_1:
+        /*0090*/                   BRA `(.L_x_1);
+        /*00a0*/                   NOP;
+"""
+
+
+def test_sass_counts_loops_widths_and_uniform_loads():
+    counts = count_sass(SASS)
+    assert counts.loop["total"] == 4 and counts.loop["ffma"] == 1 and counts.loop["global_load"] == 1
+    assert counts.straight["total"] == 5 and counts.straight["barrier"] == 1  # the trailing self-branch: padding
+    assert counts.count("total", trips=10) == 45
+    assert counts.memory == [["global_load", 4, 4, True, False], ["global_load", 16, -32, False, True],
+                             ["global_store", 2, 0, False, True]]
+
+
+def test_wavefront_model():
+    assert wavefronts(4, 0, False, Access(4)) == 1  # 32 lanes x 4 contiguous bytes: one line
+    assert wavefronts(4, -28, False, Access(4)) == 2  # shifted by 7 elements: two lines
+    assert wavefronts(16, 0, False, Access(16)) == 4
+    assert wavefronts(4, 0, False, Access(4, rows=True)) == 32  # a row per lane: a line per lane
+    assert wavefronts(4, 12, True, Access(4, rows=True)) == 1  # the same address in every lane
