@@ -313,8 +313,11 @@ def test_implementation_switch(monkeypatch):
         S4DKernel(2, 4, implementation="fast")
     cpu = torch.device("cpu")
     assert SDNNeuron(implementation="auto").implementation_for(cpu) == "torch"  # never the slow interpreter
-    assert SDNNeuron(implementation="triton").implementation_for(cpu, torch.float32) == (
-        "triton" if runtime.interpreter_on() else "torch")
+    if runtime.interpreter_on():  # CPU tensors run through Triton's interpreter
+        assert SDNNeuron(implementation="triton").implementation_for(cpu, torch.float32) == "triton"
+    else:  # a GPU machine without the interpreter: an explicit triton on CPU tensors is an error (seen on an H200)
+        with pytest.raises(UserError, match="cannot run the sdn soma on cpu"):
+            SDNNeuron(implementation="triton").implementation_for(cpu, torch.float32)
     model = SpikingSSM(4, functools.partial(make_ssm_neuron, kind="sdn", implementation="torch"), d_state=4)
     assert select_implementation("sdn", "torch", cpu, model) == "S4DKernel: torch, SDNNeuron: torch"
     monkeypatch.setattr(runtime, "interpreter_on", lambda: False)  # a plain CPU: Triton cannot run here
