@@ -61,7 +61,8 @@ class ParallelLIFNeuron(base.MemoryModule):
 
     ``guess``: ``sdn`` (the packaged SDN for ``tau``, or ``weights``), ``zero`` (no spikes), ``auto`` (``sdn`` when
     weights for ``tau`` exist). ``max_iters``: scans per call before the rows still changing are reported (and, with
-    ``finish_sequential``, run sequentially). ``last_stats`` holds the latest call's
+    ``finish_sequential``, run sequentially). ``sweep``: sequential steps each changed row runs after each scan
+    from its first corrected spike (see :func:`~spiking_ssm.lif_scan.fixed_point`; smooth currents need it). ``last_stats`` holds the latest call's
     :class:`~spiking_ssm.lif_scan.FixedPointStats`; training calls accumulate into :meth:`pop_epoch_statistics`.
     """
 
@@ -70,7 +71,7 @@ class ParallelLIFNeuron(base.MemoryModule):
 
     def __init__(self, tau: float = 0.125, surrogate_alpha: float = 1.0, guess: str = "auto",
                  weights: str | Path | None = None, max_iters: int = 32, finish_sequential: bool = True,
-                 gradient: str = "bptt", implementation: str = "auto") -> None:
+                 gradient: str = "bptt", sweep: int = 64, implementation: str = "auto") -> None:
         super().__init__()
         self.step_mode = "m"
         self.tau = _check_tau(tau)
@@ -84,7 +85,10 @@ class ParallelLIFNeuron(base.MemoryModule):
             raise UserError(f"unknown neuron.gradient={gradient!r}; choose one of {GRADIENTS}")
         if int(max_iters) < 1:
             raise UserError(f"neuron.max_iters={max_iters} must be at least 1 (32 is plenty for tau <= 0.5)")
+        if int(sweep) < 0:
+            raise UserError(f"neuron.sweep={sweep} must be >= 0 (sequential steps after each scan; 0 switches it off)")
         self.max_iters, self.finish_sequential, self.gradient = int(max_iters), bool(finish_sequential), gradient
+        self.sweep = int(sweep)
         self.implementation = runtime.check_implementation(implementation)
         self.last_implementation: str | None = None
         self.sdn = self._guess_network(guess, weights)
@@ -121,7 +125,7 @@ class ParallelLIFNeuron(base.MemoryModule):
 
     def _solve_torch(self, rows: torch.Tensor):
         spikes, h, stats = lif_scan.fixed_point(rows, self.initial_guess(rows), self.tau, 1.0, self.max_iters,
-                                                self.finish_sequential)
+                                                self.finish_sequential, self.sweep)
         self._record(stats, rows)
         return spikes, h
 
@@ -169,7 +173,8 @@ class ParallelLIFNeuron(base.MemoryModule):
         return out
 
     def extra_repr(self) -> str:
-        return (f"tau={self.tau:g}, guess={self.guess}, max_iters={self.max_iters}, gradient={self.gradient}, "
+        return (f"tau={self.tau:g}, guess={self.guess}, max_iters={self.max_iters}, sweep={self.sweep}, "
+                f"gradient={self.gradient}, "
                 f"step_mode={self.step_mode}")
 
 

@@ -112,7 +112,7 @@ def _threshold_rows(theta, rows: torch.Tensor):
 
 
 def fixed_point(y: torch.Tensor, guess: torch.Tensor, tau: float, theta=1.0, max_iters: int = 64,
-                finish: bool = True) -> tuple[torch.Tensor, torch.Tensor, FixedPointStats]:
+                finish: bool = True, sweep: int = 0) -> tuple[torch.Tensor, torch.Tensor, FixedPointStats]:
     """Exact LIF spikes and pre-reset membrane of rows ``y [N, L]`` from a spike guess ``[N, L]`` (bool).
 
     ``theta``: a float, or ``[N, 1]`` per row. Phase 1 scans the membrane of the current guess and takes its spikes,
@@ -136,6 +136,8 @@ def fixed_point(y: torch.Tensor, guess: torch.Tensor, tau: float, theta=1.0, max
         part_s = part_h >= _threshold_rows(theta, active)
         flips = part_s != spikes[active]
         changed = flips.any(dim=1)
+        if sweep and changed.any():
+            _sweep(y, part_h, part_s, flips, changed, active, tau, _threshold_rows(theta, active), sweep)
         h[active], spikes[active] = part_h, part_s
         row_scans[active] += 1
         active = active[changed]
@@ -147,6 +149,29 @@ def fixed_point(y: torch.Tensor, guess: torch.Tensor, tau: float, theta=1.0, max
     near = ((h - theta).abs() < rounding_margin(tau, levels, y.dtype, bound, peak)).any(dim=1)
     polish(y, h, spikes, tau, theta, max_iters, stats, near.nonzero()[:, 0], finish)
     return spikes, h, stats
+
+
+def _sweep(y, part_h, part_s, flips, changed, active, tau, theta, steps: int) -> None:
+    """``steps`` sequential LIF steps after the first flipped spike of each changed row, in ``part_h``/``part_s``
+    (everything up to that spike is exact: before it the guess agreed with its own consequence)."""
+    rows = changed.nonzero()[:, 0]
+    length = y.shape[1]
+    first = flips[rows].to(torch.int8).argmax(dim=1)
+    theta = theta[rows, 0] if torch.is_tensor(theta) and theta.dim() == 2 and theta.shape[0] > 1 else theta
+    y_rows, h, s = y[active[rows]], part_h[rows], part_s[rows]
+    index = torch.arange(rows.numel(), device=y.device)
+    u = torch.where(s[index, first], 0.0, h[index, first])
+    for j in range(1, steps + 1):
+        t = first + j
+        inside = t < length
+        if not inside.any():
+            break
+        t = t.clamp(max=length - 1)
+        h_t = torch.where(inside, tau * u + y_rows[index, t], h[index, t])
+        s_t = h_t >= theta
+        h[index, t], s[index, t] = h_t, s_t
+        u = torch.where(s_t, 0.0, h_t)
+    part_h[rows], part_s[rows] = h, s
 
 
 def rounding_margin(tau: float, levels: int, dtype: torch.dtype, bound: float, peak: float) -> float:

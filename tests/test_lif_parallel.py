@@ -229,3 +229,29 @@ def test_membranes_exactly_at_threshold_follow_the_sequential_rounding(dtype, ta
     assert torch.equal(spikes, (h >= 1.0).to(dtype))
     sequential = make_ssm_neuron("sltt", tau=tau, implementation="torch")(y.T.unsqueeze(-1))[..., 0].T
     assert torch.equal(spikes, sequential)
+
+
+def test_sweeps_shorten_chains_of_regular_firing():
+    """A constant current fires regularly; a guess with the wrong phase is fixed one spike per plain scan, and
+    ``sweep`` sequential steps after each scan fix a whole stretch at once; both end at the exact spikes."""
+    y = torch.full((4, 600), 0.9, dtype=torch.float64) + 0.05 * torch.rand(4, 600, dtype=torch.float64)
+    exact = lif_scan.sequential(y, 0.125, 1.0) >= 1.0
+    wrong_phase = torch.roll(exact, 1, dims=1)
+    plain = lif_scan.fixed_point(y, wrong_phase, 0.125, max_iters=1000)
+    swept = lif_scan.fixed_point(y, wrong_phase, 0.125, max_iters=1000, sweep=64)
+    assert torch.equal(plain[0], exact) and torch.equal(swept[0], exact)
+    assert plain[2].scans > 100 and swept[2].scans <= 12
+
+
+def test_training_logs_the_iterations_once_per_epoch(tmp_path, caplog):
+    from snn_engine import run
+    from tests.helpers import compose_train
+
+    cfg = compose_train(["experiment=seq/shapes", "neuron=lif_parallel", "model.d_model=16", "model.n_layers=1",
+                         "dataset.batch_size=4", "dataset.num_workers=0", "logger=none", "trainer.epochs=2",
+                         "trainer.limit_train_batches=2", "trainer.limit_val_batches=1", "trainer.progress_bar=false"])
+    with caplog.at_level(logging.INFO, logger="snn_engine.trainer"):
+        run.train(cfg, tmp_path / "run")
+    lines = [r.getMessage() for r in caplog.records if "scans_mean" in r.getMessage()]
+    assert len(lines) == 2 and lines[0].startswith("epoch 0 backbone.blocks.0.layer.neuron: calls 2, scans_mean")
+    assert "rows_with_1_scans" in lines[1]
