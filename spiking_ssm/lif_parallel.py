@@ -159,7 +159,7 @@ class ParallelLIFNeuron(base.MemoryModule):
 
     def _solve_triton(self, rows: torch.Tensor, kernels):
         spikes, h, stats = kernels.fixed_point(rows, self.initial_guess(rows), self.tau, self.max_iters,
-                                               self.finish_sequential)
+                                               self.finish_sequential, self.sweep)
         self._record(stats, rows)
         return spikes, h
 

@@ -112,7 +112,7 @@ def _threshold_rows(theta, rows: torch.Tensor):
 
 
 def fixed_point(y: torch.Tensor, guess: torch.Tensor, tau: float, theta=1.0, max_iters: int = 64,
-                finish: bool = True, sweep: int = 0) -> tuple[torch.Tensor, torch.Tensor, FixedPointStats]:
+                finish: bool = True, sweep: int = 0, membrane=None) -> tuple[torch.Tensor, torch.Tensor, FixedPointStats]:
     """Exact LIF spikes and pre-reset membrane of rows ``y [N, L]`` from a spike guess ``[N, L]`` (bool).
 
     ``theta``: a float, or ``[N, 1]`` per row. Phase 1 scans the membrane of the current guess and takes its spikes,
@@ -132,7 +132,7 @@ def fixed_point(y: torch.Tensor, guess: torch.Tensor, tau: float, theta=1.0, max
     for _ in range(max_iters):
         if active.numel() == 0:
             break
-        part_h = membrane_given_spikes(y[active], spikes[active], tau, levels)
+        part_h = (membrane or membrane_given_spikes)(y[active], spikes[active], tau, levels)
         part_s = part_h >= _threshold_rows(theta, active)
         flips = part_s != spikes[active]
         changed = flips.any(dim=1)
