@@ -25,6 +25,9 @@ from dataclasses import dataclass, field
 import torch
 
 
+SWEEP_AFTER = 2  # scans before sequential sweeps start
+
+
 def scan_levels(tau: float, length: int, dtype: torch.dtype, bound: float = 1.0) -> int:
     """Doubling steps a scan needs on rows of ``length``: ``ceil(log2 L)``, fewer when ``tau^d * bound / (1 - tau)``
     (the most all lags ``>= d`` can add, for inputs bounded by ``bound``) is below the dtype's rounding."""
@@ -129,14 +132,14 @@ def fixed_point(y: torch.Tensor, guess: torch.Tensor, tau: float, theta=1.0, max
     row_scans = torch.zeros(n, dtype=torch.long, device=y.device)
     active = torch.arange(n, device=y.device)
     stats = FixedPointStats(row_scans, torch.zeros_like(row_scans))
-    for _ in range(max_iters):
+    for iteration in range(max_iters):
         if active.numel() == 0:
             break
         part_h = (membrane or membrane_given_spikes)(y[active], spikes[active], tau, levels)
         part_s = part_h >= _threshold_rows(theta, active)
         flips = part_s != spikes[active]
         changed = flips.any(dim=1)
-        if sweep and changed.any():
+        if sweep and iteration >= SWEEP_AFTER and changed.any():
             _sweep(y, part_h, part_s, flips, changed, active, tau, _threshold_rows(theta, active), sweep)
         h[active], spikes[active] = part_h, part_s
         row_scans[active] += 1
