@@ -11,7 +11,9 @@ Somas (the layers share their weights; only the soma and the S4D path differ):
 - ``lif sj``: SpikingJelly 2.0's ``LIFNode`` with SpikingSSM's dynamics (BPTT; its Triton kernel on CUDA), fed the
   contiguous time-major copy it needs, as the layer does (``neuron=lif``);
 - ``sltt fused`` / ``sltt torch``: SLTT as a Triton scan / as the Python loop over L (``neuron=sltt``);
-- ``bptt loop``: the paper's BPTT comparison, a Python loop over L with gradients through the membrane.
+- ``bptt loop``: the paper's BPTT comparison, a Python loop over L with gradients through the membrane;
+- ``exact fused`` / ``exact torch``: the ``lif_parallel`` soma (exact LIF spikes by fixed-point scans from the SDN's
+  guess, BPTT by a reverse scan; ``neuron=lif_parallel``) with its Triton scans / in torch.
 The ``torch`` rows run the whole layer in torch (``model.s4d_implementation=torch``); the others use the fused
 S4D kernel where it runs. Fused rows need CUDA (or ``TRITON_INTERPRET=1``, meaningful for ``--verify`` only).
 
@@ -70,6 +72,8 @@ SOMAS = {  # name -> (soma factory, S4D implementation, needs Triton, a Python l
     "sltt fused": (functools.partial(make_ssm_neuron, "sltt", implementation="triton"), "auto", True, False),
     "sltt torch": (functools.partial(make_ssm_neuron, "sltt", implementation="torch"), "torch", False, True),
     "bptt loop": (LoopBPTT, "auto", False, True),
+    "exact fused": (functools.partial(make_ssm_neuron, "lif_parallel", implementation="triton"), "auto", True, False),
+    "exact torch": (functools.partial(make_ssm_neuron, "lif_parallel", implementation="torch"), "torch", False, False),
 }
 
 

@@ -216,7 +216,23 @@ class Trainer:
             self.compiler.begin()
         bar.close()
         self._checked(meter)  # before the epoch's validation writes a checkpoint
+        self._log_module_statistics()
         return "epoch"
+
+    def _log_module_statistics(self) -> None:
+        """Per-epoch numbers that modules collect themselves (any module with ``pop_epoch_statistics() -> dict``, e.g.
+        the ``lif_parallel`` soma's iteration counts): logged as ``epoch_stats/<module>/<key>`` and one console line
+        per module (main rank only; every rank's modules are reset)."""
+        metrics = {}
+        for name, module in self.model.named_modules():
+            pop = getattr(module, "pop_epoch_statistics", None)
+            stats = pop() if callable(pop) else None
+            if stats and self.env.is_main:
+                log.info("epoch %d %s: %s", self.epoch, name,
+                         ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in stats.items()))
+                metrics.update({f"epoch_stats/{name}/{k}": v for k, v in stats.items()})
+        if metrics:
+            self.logger.log({**metrics, "epoch": self.epoch}, step=self.step)
 
     def _checked(self, meter) -> dict[str, float]:
         """The meter's statistics; a non-finite loss since the last check stops the run (before any checkpoint of

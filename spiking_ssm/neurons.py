@@ -31,7 +31,7 @@ from spiking_ssm.kernels import runtime, soma
 from spiking_ssm.sdn import ReducedSDN, load_reduced
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
-NEURON_KINDS = ("sdn", "lif", "sltt")
+NEURON_KINDS = ("sdn", "lif", "sltt", "lif_parallel")
 
 
 def packaged_weights(tau: float) -> Path:
@@ -223,13 +223,24 @@ def make_ssm_neuron(
     weights: str | Path | None = None,
     surrogate_alpha: float = 1.0,
     implementation: str = "auto",
+    **lif_parallel_options,
 ) -> torch.nn.Module:
-    """A SpikingSSM neuron: ``sdn`` (parallel, needs SDN weights for ``tau``), ``lif`` (BPTT) or ``sltt``.
+    """A SpikingSSM neuron: ``sdn`` (parallel, needs SDN weights for ``tau``), ``lif`` (BPTT), ``sltt`` or
+    ``lif_parallel`` (exact LIF by parallel fixed-point iteration, :mod:`spiking_ssm.lif_parallel`; its own options
+    ``guess``, ``max_iters``, ``finish_sequential``, ``gradient`` go in ``lif_parallel_options``).
 
     ``lif`` is stateful like every SpikingJelly neuron: call ``functional.reset_net`` between batches; its
     implementation is SpikingJelly's choice (``snn_engine.neurons.select_implementation`` applies the setting).
     """
     runtime.check_implementation(implementation)
+    if kind == "lif_parallel":
+        from spiking_ssm.lif_parallel import ParallelLIFNeuron
+
+        return ParallelLIFNeuron(tau=tau, surrogate_alpha=surrogate_alpha, weights=weights,
+                                 implementation=implementation, **lif_parallel_options)
+    if lif_parallel_options:
+        raise UserError(f"neuron.{sorted(lif_parallel_options)[0]} is only used by neuron.kind=lif_parallel, not "
+                        f"{kind!r}; remove it")
     if kind == "sdn":
         return SDNNeuron(tau=tau, surrogate_alpha=surrogate_alpha, weights=weights, implementation=implementation)
     if weights is not None:
