@@ -38,6 +38,35 @@ def refuse_group_overrides(argv: list[str]) -> str | None:
     return None
 
 
+def eval_config_keys(argv: list[str]) -> list[str]:
+    """Every dotted key of eval.yaml with its paths group and the chosen logger (``logger=...`` in ``argv``)."""
+    from omegaconf import OmegaConf
+
+    from snn_engine.resume_contract import flatten
+
+    logger = next((a.split("=", 1)[1] for a in argv if a.startswith("logger=")), "wandb")
+    node = OmegaConf.to_container(OmegaConf.load(cli.CONF_DIR / "eval.yaml"))
+    node.pop("defaults", None)
+    node["paths"] = OmegaConf.to_container(OmegaConf.load(cli.CONF_DIR / "paths" / "default.yaml"))
+    logger_file = cli.CONF_DIR / "logger" / f"{logger}.yaml"
+    node["logger"] = OmegaConf.to_container(OmegaConf.load(logger_file)) if logger_file.is_file() else {}
+    return list(flatten(node))
+
+
+def refuse_unknown_own_keys(argv: list[str]) -> str | None:
+    """The one-line error for a misspelt setting of eval.py itself (``paths.dta=``), with the closest keys."""
+    from snn_engine.run import suggest
+
+    known = eval_config_keys(argv)
+    for arg in argv:
+        key = arg.split("=", 1)[0]
+        top = key.split(".")[0]
+        if "=" in arg and not arg.startswith(("+", "~", "-")) and top in OWN_KEYS and top not in ("hydra", "logger"):
+            if key not in known and not any(k.startswith(key + ".") for k in known):
+                return f"unknown setting {key}{suggest(key, known)}; eval.py has no such key"
+    return None
+
+
 @hydra.main(version_base="1.3", config_path="conf", config_name="eval")
 def main(cfg: DictConfig) -> None:
     overrides = [o for o in cli.task_overrides() if o.split("=")[0].lstrip("+").split(".")[0] not in EVAL_KEYS]
@@ -47,7 +76,7 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    refused = refuse_group_overrides(sys.argv[1:])
+    refused = refuse_group_overrides(sys.argv[1:]) or refuse_unknown_own_keys(sys.argv[1:])
     if refused:
         print(f"error: {refused}", file=sys.stderr)
         sys.exit(1)

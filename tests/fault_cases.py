@@ -48,6 +48,9 @@ EVAL_BAD_ARGUMENTS = [  # {ckpt} is the path of a finished tiny run's best.pt
     (["ckpt={ckpt}", "mfi_compare_batches=-1"], "mfi_compare_batches=-1 is invalid"),
     (["ckpt={ckpt}", "energy.convention=bogus"], "energy.convention='bogus' is invalid"),
     (["ckpt={ckpt}", "trainer.epochs=abc"], "trainer.epochs='abc' is invalid"),
+    (["ckpt={ckpt}", "paths.dta=/x"], "unknown setting paths.dta (did you mean paths.data"),
+    (["ckpt={ckpt}", "energy.e_acc=1"], "unknown setting energy.e_acc (did you mean energy.e_ac"),
+    (["ckpt={ckpt}", "figure=false"], "unknown setting figure"),
 ]
 
 # crafted checkpoints: where the dangerous target or resolver goes, and what the refusal names
