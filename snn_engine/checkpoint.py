@@ -51,20 +51,16 @@ def atomic_save(obj: dict, path: str | os.PathLike, also: tuple[str | os.PathLik
             os.replace(link, other)
         os.replace(tmp, path)
         _fsync_dir(path.parent)
-    except (OSError, RuntimeError) as error:
-        Path(tmp).unlink(missing_ok=True)
-        for link in links:
-            link.unlink(missing_ok=True)
+    except BaseException as error:
+        for leftover in [Path(tmp), *links]:
+            leftover.unlink(missing_ok=True)
+        if not isinstance(error, (OSError, RuntimeError)):
+            raise
         first_line = (str(error).strip().splitlines() or [""])[0]
         reason = ("no space left on the device, or a file-size limit reached" if _disk_full(error)
                   else f"{type(error).__name__}: {first_line}")
         raise RunFailed(f"could not write checkpoint {path} ({reason}); the previous checkpoint is intact; free disk "
                         "space or point paths.output at another disk, then resume with trainer.resume=auto") from error
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        for link in links:
-            link.unlink(missing_ok=True)
-        raise
 
 
 def _disk_full(error: BaseException) -> bool:

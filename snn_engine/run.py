@@ -267,10 +267,6 @@ def language_model_extras(data, model, env, dtype, autocast, task, report: dict)
     return extras
 
 
-EVAL_SETTINGS = ("ckpt", "use_ema", "logger.mode", "mfi", "position_bn", "mfi_compare_batches", "nir", "figures",
-                 "energy.e_ac", "energy.e_mac", "energy.convention", "paths.data", "paths.output", "run_name")
-
-
 def evaluate(cfg: DictConfig, run_dir: str | Path, overrides: list[str], added: frozenset = frozenset()) -> dict:
     """Evaluate ``cfg.ckpt`` on its validation set; write ``summary.json`` into ``run_dir``. ``overrides`` change the
     checkpoint's training config (``added``: keys the user may add with ``+key=value``)."""
@@ -280,7 +276,9 @@ def evaluate(cfg: DictConfig, run_dir: str | Path, overrides: list[str], added: 
                         "(e.g. ckpt=outputs/train/<run>/checkpoints/best.pt)")
     check(cfg, EVAL_RULES)
     state = ckpt_io.load(cfg.ckpt)
-    train_cfg = checkpoint_config(state, overrides, cfg.ckpt, added=added, own_keys=EVAL_SETTINGS)
+    given = {item.partition("=")[0].lstrip("+~") for item in overrides}  # Hydra added them to cfg too
+    own_keys = tuple(k for k in resume_contract.flatten(OmegaConf.to_container(cfg, resolve=False)) if k not in given)
+    train_cfg = checkpoint_config(state, overrides, cfg.ckpt, added=added, own_keys=own_keys)
     check_train_config(train_cfg)
     bad = ckpt_io.non_finite_tensors({"model": state["model"], "ema": state.get("ema") or {}})
     if bad:
