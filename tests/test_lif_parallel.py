@@ -257,3 +257,23 @@ def test_training_logs_the_iterations_once_per_epoch(tmp_path, caplog):
     lines = [r.getMessage() for r in caplog.records if "scans_mean" in r.getMessage()]
     assert len(lines) == 2 and lines[0].startswith("epoch 0 backbone.blocks.0.layer.neuron: calls 2, scans_mean")
     assert "rows_with_1_scans" in lines[1]
+
+
+def test_streaming_language_model_has_no_spike_different_from_training_forward():
+    """What ``generate`` runs (the token-by-token LM with the exact LIF) equals the parallel forward of a model
+    using ``lif_parallel``: every spike, and next-token log-probabilities to float64 rounding."""
+    from benchmarks.train_deploy_gap import language_model_gap
+    from spiking_ssm.language_model import SpikingSSMLanguageModel
+
+    torch.manual_seed(32)
+    model = SpikingSSMLanguageModel(functools.partial(make_ssm_neuron, "lif_parallel"), vocab_size=23, d_model=8,
+                                    n_layers=2, d_state=8, dropout=0.0, dropemb=0.0, dropsoft=0.0).double()
+    fired = []
+    with torch.no_grad():
+        for block in model.backbone.blocks:
+            block.layer.ln_theta.normal_(-1.0, 0.3)  # thresholds below 1: busy somas
+            block.layer.neuron.register_forward_hook(lambda m, i, o: fired.append(float(o.mean())))
+    model.eval()
+    spikes, nats = language_model_gap(model, torch.randint(0, 23, (3, 41)))
+    assert all(different == 0 and compared == 3 * 8 * 41 for different, compared in spikes)
+    assert min(fired) > 0.02 and nats < 1e-9

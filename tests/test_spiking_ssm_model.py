@@ -19,7 +19,7 @@ from spiking_ssm.backbone import (
     PRESETS, SpikingSSMClassifier, SpikingSSMRetrieval, build_preset, n_backbone_params,
 )
 from spiking_ssm.layer import DropoutNd, SpikingSSM, SpikingSSMBlock
-from spiking_ssm.s4d import S4DKernel, bidirectional_kernel, fft_conv, vandermonde_kernel
+from spiking_ssm.s4d import S4DKernel, bidirectional_kernel, fft_conv, two_level_vandermonde, vandermonde_kernel
 from spiking_ssm.streaming import StreamingClassifier, StreamingSpikingSSM
 
 # the SpikingSSM LIF: u <- 0.125 u + y, spike at u >= 1, hard reset to 0, triangle surrogate
@@ -102,6 +102,40 @@ def test_chunked_vandermonde_matches_and_backpropagates():
         grads.append((k, *torch.autograd.grad((k * weight).sum(), (coeff, dtA))))
     for a, b in zip(*grads):
         torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("length", [1, 7, 64, 65, 1000])
+@pytest.mark.parametrize("channels", [1, 2])
+def test_two_level_vandermonde_equals_the_direct_product(length, channels):
+    """The torch path (``l = i J + j``, one batched matrix product) against the direct product: float64 to rounding,
+    float32 as close to float64 as the direct product itself, gradients of both inputs included."""
+    torch.manual_seed(3)
+    H, half = 3, 6
+    coeff = torch.randn(channels, H, half, dtype=torch.complex128)
+    dtA = torch.complex(-torch.rand(H, half, dtype=torch.float64).pow(3), 4 * torch.randn(H, half, dtype=torch.float64))
+    weight = torch.randn(channels, H, length, dtype=torch.float64)
+
+    def run(method, dtype):
+        leaves = [t.to(dtype).requires_grad_() for t in (coeff, dtA)]
+        k = method(*leaves, length)
+        return (k, *torch.autograd.grad((k * weight.to(k.dtype)).sum(), leaves))
+
+    truth = run(vandermonde_kernel, torch.complex128)
+    for got, want in zip(run(two_level_vandermonde, torch.complex128), truth):
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12 * want.abs().max().item())
+    direct32, two_level32 = run(vandermonde_kernel, torch.complex64), run(two_level_vandermonde, torch.complex64)
+    for got, direct, want in zip(two_level32, direct32, truth):
+        assert got.dtype in (torch.float32, torch.complex64)
+        scale = max(want.abs().max().item(), 1e-30)  # L = 1: dK/d(dtA) is exactly 0
+        error = (got.to(want.dtype) - want).abs().max().item() / scale
+        assert error <= max(2.0 * (direct.to(want.dtype) - want).abs().max().item() / scale, 1e-6)
+
+
+def test_s4d_kernel_torch_path_is_the_two_level_product():
+    kernel = S4DKernel(4, 8, channels=2, implementation="torch").double()
+    dtA, Bbar, C = kernel._zoh()
+    torch.testing.assert_close(kernel(300), two_level_vandermonde(C * Bbar, dtA, 300), rtol=0, atol=0)
+    torch.testing.assert_close(kernel(300), vandermonde_kernel(C * Bbar, dtA, 300), rtol=1e-12, atol=1e-12)
 
 
 def test_optimizer_hints():

@@ -275,7 +275,8 @@ def test_autotuned_launches(monkeypatch):
     for module in (soma, vandermonde):
         monkeypatch.setattr(module, "_tuned", lambda device: True)
     monkeypatch.setattr(soma, "_sdn_forward_tuned", one(soma._sdn_forward_kernel, ["L_CLASS"], BLOCK=16))
-    monkeypatch.setattr(soma, "_sltt_forward_tuned", one(soma._sltt_forward_kernel, ["L_CLASS"], ROWS=4, CHUNK=8))
+    monkeypatch.setattr(soma, "_sltt_forward_tuned", one(soma._sltt_forward_kernel, ["L_CLASS"], ROWS=4, CHUNK=8,
+                                                                       STAGES=2))
     monkeypatch.setattr(vandermonde, "_forward_tuned", one(vandermonde._vandermonde_forward_kernel, ["L_CLASS"],
                                                            BLOCK=16))
     y = _currents(37, torch.float32, "bhl", seed=13)

@@ -34,7 +34,9 @@ from spiking_ssm.kernels.runtime import interpreter_on, triton
 SDN_WIDTH, SDN_KERNEL = 8, 8
 SDN_NUM_WEIGHTS = 153  # conv1 64 + 8, conv2 64 + 8, conv3 8 + 1
 SDN_KEYS = ("conv1_weight", "conv1_bias", "conv2_weight", "conv2_bias", "conv3_weight", "conv3_bias")
-SDN_BLOCK, SLTT_ROWS, SLTT_CHUNK = 256, 32, 8  # fixed launch sizes (the interpreter, and before autotuning)
+# fixed launch sizes (the interpreter, and before autotuning)
+SDN_BLOCK, SLTT_ROWS, SLTT_CHUNK, SLTT_STAGES = 256, 32, 8, 1
+SLTT_FIXED = {"ROWS": SLTT_ROWS, "CHUNK": SLTT_CHUNK, "STAGES": SLTT_STAGES}
 
 if triton is not None:
     import triton.language as tl
@@ -70,7 +72,7 @@ if triton is not None:
 
     @triton.jit
     def _sltt_forward_kernel(y_ptr, s_ptr, g_ptr, v_ptr, p_ptr, N, L, y_row, y_time, o_row, o_time, N_CLASS, L_CLASS,
-                             ROWS: tl.constexpr, CHUNK: tl.constexpr, STORE_G: tl.constexpr,
+                             ROWS: tl.constexpr, CHUNK: tl.constexpr, STAGES: tl.constexpr, STORE_G: tl.constexpr,
                              STORE_V: tl.constexpr, F64: tl.constexpr):
         tau, v_threshold, alpha = tl.load(p_ptr), tl.load(p_ptr + 1), tl.load(p_ptr + 2)
         rows = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS)
@@ -78,7 +80,7 @@ if triton is not None:
         y_rows = y_ptr + rows[:, None] * y_row  # [ROWS, 1]
         o_rows = rows[:, None] * o_row
         u = tl.zeros([ROWS], dtype=tl.float64 if F64 else tl.float32)
-        for start in range(0, L, CHUNK):
+        for start in tl.range(0, L, CHUNK, num_stages=STAGES):  # STAGES > 1: the next chunks' loads in flight
             for k in tl.static_range(CHUNK // 8):
                 # two [ROWS, 4] tiles, four consecutive steps of a row per thread (one vector each when the time
                 # stride is 1), both loaded before either is scanned; int64 from rows (t * y_time overflows int32
@@ -99,11 +101,12 @@ if triton is not None:
                 for *values, warps in zip(*sizes.values())]
 
     _sdn_forward_tuned = triton.autotune(
-        configs=_configs(BLOCK=[256, 512, 1024, 1024, 2048], warps=[2, 4, 4, 8, 8]),
+        configs=_configs(BLOCK=[512, 1024, 2048, 1024], warps=[2, 4, 8, 2]),
         key=["N_CLASS", "L_CLASS", "STORE_G", "F64"],
     )(_sdn_forward_kernel)
     _sltt_forward_tuned = triton.autotune(
-        configs=_configs(ROWS=[32, 32, 64, 128, 128], CHUNK=[8, 16, 8, 8, 16], warps=[1, 1, 2, 4, 4]),
+        configs=_configs(ROWS=[32, 32, 32, 32, 64, 128], CHUNK=[8, 16, 16, 32, 16, 16], STAGES=[1, 1, 3, 3, 3, 3],
+                         warps=[1, 1, 1, 1, 2, 4]),
         key=["N_CLASS", "L_CLASS", "STORE_G", "STORE_V", "F64"],
     )(_sltt_forward_kernel)
 
@@ -244,9 +247,8 @@ def _launch_sltt(y: torch.Tensor, params: torch.Tensor, store_g: bool, store_v: 
         flags = dict(STORE_G=store_g, STORE_V=store_v, F64=rows.dtype == torch.float64)
         if _tuned(rows.device):
             run(_sltt_forward_tuned, _sltt_forward_kernel, lambda meta: (triton.cdiv(n, meta["ROWS"]),), args,
-                (args[-2:], *flags.values()), ({"ROWS": SLTT_ROWS, "CHUNK": SLTT_CHUNK}, 1), **flags)
+                (args[-2:], *flags.values()), (SLTT_FIXED, 1), **flags)
         else:
-            _sltt_forward_kernel[(triton.cdiv(n, SLTT_ROWS),)](*args, ROWS=SLTT_ROWS, CHUNK=SLTT_CHUNK, **flags,
-                                                                **FP_FUSION)
+            _sltt_forward_kernel[(triton.cdiv(n, SLTT_ROWS),)](*args, **SLTT_FIXED, **flags, **FP_FUSION)
     return (spikes.reshape(y.shape), factor.reshape(y.shape) if store_g else None,
             membrane.reshape(y.shape) if store_v else y.new_empty(0))

@@ -11,9 +11,10 @@ g[c, h, l] l conj(v)``. Each program handles every mode of one channel over a bl
 ``[modes, SPAN]`` tiles and reducing them once, and writes its block's partial sums; torch adds the blocks
 (deterministic).
 
-The phase ``Im(dtA) l`` is formed in the compute precision as torch does, then reduced to [-pi, pi] with a
-two-constant (Cody-Waite) split of 2 pi (6.28125, whose 8 significant bits make ``k * 6.28125`` exact, plus the
-remainder) before the cosine and sine, so no large argument reaches them.
+The phase ``Im(dtA) l`` is formed in the compute precision as torch does, then reduced with a two-constant
+(Cody-Waite) split: in float32 to quarter turns and ``[-pi/4, pi/4]``, where branch-free polynomials give the cosine
+and sine (:func:`_sincos32`); in float64 to ``[-pi, pi]`` (2 pi split as 6.28125, whose 8 significant bits make
+``k * 6.28125`` exact, plus the remainder) before libdevice's cosine and sine, so no large argument reaches them.
 Arithmetic is float32 (float64 for float64 inputs). Complex tensors enter and leave as real views ``[..., 2]``.
 """
 
@@ -47,10 +48,35 @@ if triton is not None:
         """``exp((ar + i ai) pos)`` as (real, imaginary), broadcasting ``ar``/``ai`` against ``pos``."""
         magnitude = tl.exp(ar * pos)
         phase = ai * pos
-        dtype = tl.float64 if F64 else tl.float32  # typed constants: a bare float literal would be float32
-        turns = tl.floor(phase * tl.full([], 0.15915494309189535, dtype) + 0.5)
-        phase = (phase - turns * tl.full([], 6.28125, dtype)) - turns * tl.full([], 0.0019353071795864769, dtype)
-        return magnitude * tl.cos(phase), magnitude * tl.sin(phase)
+        if F64:
+            dtype = tl.float64  # typed constants: a bare float literal would be float32
+            turns = tl.floor(phase * tl.full([], 0.15915494309189535, dtype) + 0.5)
+            phase = (phase - turns * tl.full([], 6.28125, dtype)) - turns * tl.full([], 0.0019353071795864769, dtype)
+            cosine, sine = tl.cos(phase), tl.sin(phase)
+        else:
+            cosine, sine = _sincos32(phase)
+        return magnitude * cosine, magnitude * sine
+
+    @triton.jit
+    def _sincos32(phase):
+        """``(cos, sin)`` of a float32 ``phase`` without branches: quarter turns ``q = rint(2 phase / pi)`` removed
+        with a two-constant split of pi/2 (1.5703125 has 8 significant bits, so ``q * 1.5703125`` is exact for
+        ``|q| < 2^16``, phases up to ~1e5 rad), then Taylor polynomials on ``|r| <= pi/4`` (truncation below
+        2e-9, under float32's rounding) and the quadrant's swap and signs. libdevice's ``sin``/``cos`` would add a
+        large-argument path that the reduced phase never takes but the compiled loop still carries."""
+        q = tl.floor(phase * 0.6366197723675814 + 0.5)
+        r = (phase - q * 1.5703125) - q * 4.838267948966e-4
+        r2 = r * r
+        sin_r = r + r * r2 * (-1.6666667e-1 + r2 * (8.333333e-3 + r2 * (-1.984127e-4 + r2 * 2.7557319e-6)))
+        cos_r = 1.0 + r2 * (-0.5 + r2 * (4.1666668e-2 + r2 * (-1.3888889e-3 + r2 * (2.4801587e-5
+                                                                                + r2 * -2.7557319e-7))))
+        quadrant = q.to(tl.int32) & 3
+        swap = (quadrant & 1) != 0
+        cosine = tl.where(swap, sin_r, cos_r)
+        sine = tl.where(swap, cos_r, sin_r)
+        cosine = tl.where((quadrant == 1) | (quadrant == 2), -cosine, cosine)
+        sine = tl.where(quadrant >= 2, -sine, sine)
+        return cosine, sine
 
     @triton.jit
     def _vandermonde_forward_kernel(coeff_ptr, dta_ptr, k_ptr, H, N2, L, L_CLASS, C: tl.constexpr,
