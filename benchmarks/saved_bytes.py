@@ -4,9 +4,10 @@
     python benchmarks/saved_bytes.py --model sparse_mlp_b --T 6
 
 Counts every tensor storage autograd keeps from one forward pass (each storage once), with the spike inputs of the
-synaptic maps saved as booleans (``snn_engine.spike_memory``, the default) and as floats (what autograd does by
-itself), measured in the same run, and splits the total by the module that saved it; then what
-``model.checkpoint_stages=true`` keeps through the forward and holds at most while a stage is recomputed. For reference, the issue that
+synaptic maps saved as floats (what autograd does by itself), booleans and packed bits (``model.spike_storage``:
+``snn_engine.spike_memory`` through SpikingJelly's ``memopt`` compressors), measured in the same run, and splits the
+total by the module that saved it; then what ``model.checkpoint_stages=true`` keeps through the forward and holds
+at most while a stage is recomputed. For reference, the issue that
 set the target measured the official mixer-snn model at 1191.0 MiB under the same setting (SpikingJelly 2.0
 neurons, CPU, float32); the target is 0.8x that, 953 MiB.
 """
@@ -29,8 +30,9 @@ from snn_engine.neurons import make_neuron  # noqa: E402
 MIB = 2**20
 
 
-def saved_bytes(model: torch.nn.Module, x: torch.Tensor) -> tuple[int, collections.Counter, collections.Counter]:
-    """Total bytes of the storages saved for backward by ``model(x)``, split by module class and by stage."""
+def saved_bytes(model: torch.nn.Module, x: torch.Tensor) -> tuple[int, collections.Counter, collections.Counter, int]:
+    """Total bytes of the storages saved for backward by ``model(x)``, split by module class and by stage, and the
+    bytes of the compressed spikes among them."""
     stack: list[str] = []
     kinds = {name: type(module).__name__ for name, module in model.named_modules()}
     handles = []
@@ -40,6 +42,7 @@ def saved_bytes(model: torch.nn.Module, x: torch.Tensor) -> tuple[int, collectio
     seen: dict[int, int] = {}
     by_kind: collections.Counter = collections.Counter()
     by_stage: collections.Counter = collections.Counter()
+    packed: list[int] = []
 
     def count(t: torch.Tensor) -> torch.Tensor:
         storage = t.untyped_storage()
@@ -50,15 +53,20 @@ def saved_bytes(model: torch.nn.Module, x: torch.Tensor) -> tuple[int, collectio
             by_stage[".".join(name.split(".")[:2]) if name.startswith("stages.") else "head"] += storage.nbytes()
         return t
 
-    spike_memory.pack_observers.append(count)  # the booleans stored in place of spikes
+    def count_packed(t: torch.Tensor) -> None:  # what spike_memory keeps: spikes as bool / uint8, the rest as is
+        if t.dtype in (torch.bool, torch.uint8):
+            packed.append(t.untyped_storage().nbytes())
+        count(t)
+
+    spike_memory.pack_observers.append(count_packed)
     try:
         with torch.autograd.graph.saved_tensors_hooks(count, lambda t: t):
             model(x)
     finally:
-        spike_memory.pack_observers.remove(count)
+        spike_memory.pack_observers.remove(count_packed)
         for handle in handles:
             handle.remove()
-    return sum(seen.values()), by_kind, by_stage
+    return sum(seen.values()), by_kind, by_stage, sum(packed)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -74,21 +82,23 @@ def main(argv: list[str] | None = None) -> None:
     size = model.img_size
     x = torch.randn(args.batch, 3, size, size, generator=torch.Generator().manual_seed(0))
     print(f"{args.model}, {size} px, batch {args.batch}, T = {args.T}, float32 on CPU: bytes saved for backward")
-    totals, stages = {}, {}
-    for compact in (False, True):
-        spike_memory.set_enabled(compact)
-        totals[compact], by_kind, stages[compact] = saved_bytes(model, x)
+    totals, stages, spikes = {}, {}, {}
+    for storage in spike_memory.STORAGES:
+        model.spike_storage = storage
+        totals[storage], by_kind, stages[storage], spikes[storage] = saved_bytes(model, x)
         split = ", ".join(f"{kind} {nbytes / MIB:.1f}" for kind, nbytes in by_kind.most_common(6))
-        print(f"  spikes saved as {'bool ' if compact else 'float'}: {totals[compact] / MIB:8.1f} MiB  ({split})")
-    print(f"  ratio bool / float: {totals[True] / totals[False]:.3f}")
-    model.checkpoint_stages = True
-    kept, _, _ = saved_bytes(model, x)
+        print(f"  spikes saved as {storage:5s}: {totals[storage] / MIB:8.1f} MiB  ({split})")
+    print(f"  ratio to float: bool {totals['bool'] / totals['float']:.3f}, bits {totals['bits'] / totals['float']:.3f}")
+    float_spikes = spikes["bool"] * x.element_size()  # one bool per spike value
+    print(f"  the saved spikes alone: float {float_spikes / MIB:.1f} MiB, bool {spikes['bool'] / MIB:.1f} MiB, "
+          f"bits {spikes['bits'] / MIB:.1f} MiB")
+    model.spike_storage, model.checkpoint_stages = "bool", True
+    kept, _, _, _ = saved_bytes(model, x)
     model.checkpoint_stages = False
-    spike_memory.set_enabled(True)
-    largest = max(v for k, v in stages[False].items() if k != "head")  # recomputed with float spikes
-    print(f"  model.checkpoint_stages=true: {kept / MIB:8.1f} MiB kept through the forward; while the largest stage "
-          f"is recomputed in backward {(kept + largest) / MIB:.1f} MiB ({(kept + largest) / totals[True]:.2f}x the "
-          f"bool total)")
+    largest = max(v for k, v in stages["float"].items() if k != "head")  # recomputed with float spikes
+    print(f"  model.checkpoint_stages=true: {kept / MIB:8.1f} MiB kept through the forward (saved tensors outside "
+          f"the stages); while the largest stage is recomputed in backward {(kept + largest) / MIB:.1f} MiB "
+          f"({(kept + largest) / totals['bool']:.2f}x the bool total)")
 
 
 if __name__ == "__main__":

@@ -101,8 +101,10 @@ class PatchCell(nn.Module):
 
 
 def _left_matmul(rows: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """``weight @ rows`` (the token projection), with the spike operand first for :func:`spike_input`."""
-    return torch.matmul(weight, rows)
+    """``weight @ rows`` (the token projection) for rows [N, n, K] and weight [n, n], with the spike operand first
+    for :func:`spike_input`. A ``bmm`` with the weight expanded (a view) saves ``rows`` itself for backward, where
+    ``torch.matmul`` would save a transposed float copy that the compact spike storage cannot recognise."""
+    return torch.bmm(weight.expand(rows.shape[0], -1, -1), rows)
 
 
 class TokenMixing(nn.Module):

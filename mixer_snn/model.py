@@ -27,6 +27,7 @@ from torch import nn
 
 from mixer_snn.blocks import ConvBN, MixerBlock, NeuronFactory, PatchCell, Stem
 from mixer_snn.norms import CHANNEL_BN_AXES, NORMS, BatchNormT
+from snn_engine import spike_memory
 from snn_engine.errors import UserError
 from snn_engine.recompute import checkpoint_spiking
 
@@ -79,7 +80,10 @@ class SparseMLPSNN(nn.Module):
         channel_bn_axis: ``token`` (faithful: BN1d over the n*n positions) | ``channel`` (per feature).
         head_lif: a neuron between the spatial mean and the classifier (the paper's figure; not the code).
         checkpoint_stages: keep only each stage's input in training and recompute the stage in backward
-            (:func:`snn_engine.recompute.checkpoint_spiking`: same gradients and BN statistics, far less memory).
+            (:func:`snn_engine.recompute.checkpoint_spiking`, SpikingJelly's ``memopt``: same gradients and BN
+            statistics, far less memory); the spike inputs of stages 1-3 are kept in the ``spike_storage`` form.
+        spike_storage: how spikes saved for backward are kept (:mod:`snn_engine.spike_memory`): ``float`` (what
+            autograd does), ``bool`` (1 byte each) or ``bits`` (8 per byte); the gradients are identical.
     """
 
     def __init__(
@@ -99,6 +103,7 @@ class SparseMLPSNN(nn.Module):
         channel_bn_axis: str = "token",
         head_lif: bool = False,
         checkpoint_stages: bool = False,
+        spike_storage: str = spike_memory.DEFAULT_STORAGE,
     ):
         super().__init__()
         if not callable(neuron):
@@ -129,6 +134,7 @@ class SparseMLPSNN(nn.Module):
         self.spe, self.identity_bn_lif, self.norm, self.channel_bn_axis = bool(spe), identity_bn_lif, norm, channel_bn_axis
         self.num_features = 8 * dim
         self.checkpoint_stages = bool(checkpoint_stages)
+        self.spike_storage = spike_memory.check_storage(spike_storage)
         outer_norm = "bn" if norm == "ln" else norm  # LayerNorm replaces only the norms inside the MLPs
 
         stages = []
@@ -163,8 +169,9 @@ class SparseMLPSNN(nn.Module):
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Images ``[B, C, H, W]`` or ``[T, B, C, H, W]`` -> last-stage spikes ``[T, B, 8*dim, h, w]``."""
         self._check_input(x)
-        for stage in self.stages:
-            x = checkpoint_spiking(stage, x) if self.checkpoint_stages else stage(x)
+        with spike_memory.storage(self.spike_storage):
+            for s, stage in enumerate(self.stages):
+                x = checkpoint_spiking(stage, x, binary_input=s > 0) if self.checkpoint_stages else stage(x)
         return x.permute(0, 1, 4, 2, 3)  # channels-last internals -> [T, B, C, h, w] (a view)
 
     def forward_head(self, feat: torch.Tensor) -> torch.Tensor:

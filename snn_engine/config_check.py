@@ -46,6 +46,7 @@ TRAIN_RULES = {
     "scheduler.total": "int>=1|null",
     "scheduler.interval": "choice:step|epoch",
     "model.T": "int>=1",
+    "model.spike_storage": "choice:float|bool|bits",
     "logger.mode": "choice:online|offline|disabled",
     "logger.project": "str",
 }

@@ -13,6 +13,9 @@ records what ran:
 
 ``summary()`` gives ``{"calls": {implementation: calls}, "layers": {layer: {implementation: calls}},
 "fallback_layers": [...]}`` for ``summary.json``; ``fallbacks`` lists layers that ran a fallback at least once.
+
+:func:`spikingjelly_path` reads a private SpikingJelly name and mirrors its dispatch rules, so SpikingJelly is pinned
+(``pyproject.toml``) and ``tests/test_dependencies.py`` fails on any other release or a change of those functions.
 """
 
 from __future__ import annotations

@@ -85,14 +85,17 @@ def spike_report(cfg: DictConfig, model: nn.Module, loader: DataLoader, device: 
     elif cfg.mfi:
         report["mfi"] = {"applicable": False, "reason": not_applicable(model)}
     if cfg.get("nir") and is_main:
-        report["nir"] = export_nir_graph(model, run_dir / "model.nir", str(cfg.position_bn))
+        report["nir"] = export_nir_graph(model, run_dir / "model.nir", str(cfg.position_bn), loader)
     if cfg.figures and is_main:
         report["figures"] = write_figures(evaluated, loader, device, dtype, run_dir, val["firing_rate"])
     return report
 
 
-def export_nir_graph(model: nn.Module, path: Path, position_bn: str) -> dict:
-    """Write the folded model as a NIR graph (``nir=true``); ``{"path", "nodes", "dense_params"}``."""
+def export_nir_graph(model: nn.Module, path: Path, position_bn: str, loader: DataLoader | None = None,
+                     samples: int = 4) -> dict:
+    """Write the folded model as a NIR graph (``nir=true``); ``{"path", "nodes", "dense_params"}``, and with a
+    ``loader``, ``"reimport_max_abs_diff"``: the file read back by SpikingJelly's ``import_from_nir``
+    (:mod:`snn_engine.nir_replay`) and run on the first ``samples`` validation images, against the model's logits."""
     if not callable(getattr(model, "export_nir", None)):
         raise UserError(f"nir=true exports a folded multiplication-free model; {not_applicable(model)}")
     try:
@@ -101,7 +104,17 @@ def export_nir_graph(model: nn.Module, path: Path, position_bn: str) -> dict:
         raise UserError(f"nir=true needs the NIR package ({missing.name} is missing): install the extra with "
                         "`uv sync --extra nir`") from None
     log.info("wrote the folded model as a NIR graph of %d nodes to %s", len(graph.nodes), path)
-    return {"path": str(path), "nodes": len(graph.nodes), "dense_params": graph.metadata.get("dense_params")}
+    result = {"path": str(path), "nodes": len(graph.nodes), "dense_params": graph.metadata.get("dense_params")}
+    if loader is not None:
+        from snn_engine.nir_replay import logit_difference
+
+        images = next(iter(loader))[0][:samples]
+        meta = graph.metadata
+        result["reimport_max_abs_diff"] = logit_difference(model, path, images, int(meta["time_steps"]),
+                                                           float(meta["dt"]))
+        log.info("NIR graph read back with SpikingJelly's import_from_nir: max |logit difference| %.3g on %d "
+                 "images", result["reimport_max_abs_diff"], len(images))
+    return result
 
 
 def write_figures(model: nn.Module, loader: DataLoader, device: torch.device, dtype: torch.dtype | None,

@@ -23,6 +23,7 @@ MAY_CHANGE = (
     "trainer.accelerator", "trainer.log_every_n_steps", "trainer.val_every_n_steps", "trainer.val_every_n_epochs",
     "trainer.limit_val_batches", "trainer.progress_bar", "trainer.compile", "trainer.compile_backend",
     "trainer.compile_baseline_steps", "dataset.num_workers", "dataset.root",
+    "model.spike_storage", "model.checkpoint_stages",  # memory only: the same numbers either way (tested)
 )
 APPLIED = ("optimizer.lr", "trainer.grad_clip")
 LENGTH_KEYS = ("trainer.epochs", "trainer.max_steps")

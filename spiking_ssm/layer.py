@@ -13,12 +13,11 @@ from __future__ import annotations
 from typing import Callable
 
 import torch
-import torch.utils.checkpoint
-from spikingjelly.activation_based.neuron import BaseNode
 from torch import nn
 
 from snn_engine.errors import UserError
 from snn_engine.ops import OpContext, OpCount
+from snn_engine.recompute import checkpoint_spiking
 from spiking_ssm.s4d import DEFAULT_CHUNK_ELEMS, S4DKernel, bidirectional_kernel, fft_conv
 
 THRESHOLDS = ("channel", "shared", "fixed")
@@ -173,9 +172,9 @@ class SpikingSSMBlock(nn.Module):
     which is what the reference effectively runs for its post-norm ("noNorm") configs.
 
     ``checkpoint=True`` keeps only the layer's input during training and recomputes the layer (S4D convolution,
-    soma, GLU) in backward: the same gradients for a fraction of the activation memory (Path-X). The norm stays
-    outside the recomputation, so BN running statistics are updated once. Needs a soma without state between
-    calls (``sdn`` or ``sltt``): the recomputation would start from SpikingJelly LIF's final membrane.
+    soma, GLU) in backward (:func:`snn_engine.recompute.checkpoint_spiking`, SpikingJelly's ``memopt``): the same
+    gradients for a fraction of the activation memory (Path-X), with any soma (SpikingJelly's LIF is recomputed
+    from the membrane it started from). The norm stays outside the recomputation.
     """
 
     def __init__(
@@ -190,15 +189,9 @@ class SpikingSSMBlock(nn.Module):
         self.norm = make_norm(norm, d_model) if norm_place != "none" else nn.Identity()
         self.dropout = DropoutNd(dropout)
         self.checkpoint = bool(checkpoint)
-        if self.checkpoint and isinstance(self.layer.neuron, BaseNode):
-            raise UserError("model.checkpoint_layers=true recomputes each layer in backward, and the SpikingJelly LIF "
-                            "soma keeps its membrane between calls: use neuron=sdn or neuron=sltt, or drop it")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         z = self.norm(x) if self.norm_place == "pre" else x
-        if self.checkpoint and self.training and torch.is_grad_enabled():
-            z = torch.utils.checkpoint.checkpoint(self.layer, z, use_reentrant=False)
-        else:
-            z = self.layer(z)
+        z = checkpoint_spiking(self.layer, z) if self.checkpoint else self.layer(z)
         x = x + self.dropout(z)
         return self.norm(x) if self.norm_place == "post" else x

@@ -66,6 +66,7 @@ def test_mixer_eval_with_mfi_reports_audit_and_equal_logits(mixer_ckpt, tmp_path
     nir = pytest.importorskip("nir")
     graph = nir.read(tmp_path / "model.nir")
     assert len(graph.nodes) == summary["nir"]["nodes"] and "stem.conv" in graph.nodes
+    assert summary["nir"]["reimport_max_abs_diff"] < 1e-9  # read back by SpikingJelly's import_from_nir
 
 
 def test_mixer_eval_without_mfi_counts_unfolded_batchnorms(mixer_ckpt, tmp_path):

@@ -1,6 +1,6 @@
 """NIR export of the folded sparse-MLP (mixer_snn.nir_export): the written graph, read back and simulated by
-mixer_snn.nir_runner, gives the unfolded model's eval logits in float64; only the supported node types and
-SpikingJelly's neuron conventions appear; what NIR cannot express fails with a UserError."""
+SpikingJelly's import_from_nir (snn_engine.nir_replay), gives the unfolded model's eval logits in float64; only the
+supported node types and SpikingJelly's neuron conventions appear; what NIR cannot express fails with a UserError."""
 
 from __future__ import annotations
 
@@ -8,14 +8,15 @@ import numpy as np
 import pytest
 
 nir = pytest.importorskip("nir", reason="NIR export needs the nir extra (uv sync --extra nir)")
+pytest.importorskip("nirtorch", reason="reading NIR back (import_from_nir) needs the nir extra (uv sync --extra nir)")
 import torch
 from torch import nn
 
 from mixer_snn.fold import fold_model
 from mixer_snn.nir_export import NODE_TYPES, export_nir
-from mixer_snn.nir_runner import run_nir
 from snn_engine.errors import UserError
 from snn_engine.metrics import FiringRateMeter
+from snn_engine.nir_replay import logit_difference, replay_nir
 from tests.mixer_fixtures import eval_logits
 from tests.mixer_fixtures import images as mixer_images
 from tests.mixer_fixtures import trained_like as mixer_trained_like
@@ -47,9 +48,10 @@ def test_written_graph_reproduces_the_model_logits(tmp_path, spe, axis):
     export_nir(model, path)
     graph = nir.read(str(path))
     assert int(graph.metadata["time_steps"]) == 3
-    got = run_nir(graph, x, T=3, dt=1e-4)
+    got = replay_nir(path, x, T=3, dt=1e-4)
     assert got.shape == expected.shape == (3, 3, 5)
     assert (got - expected).abs().max().item() < 1e-9
+    assert logit_difference(model, path, x, T=3, dt=1e-4) < 1e-9
 
 
 @pytest.mark.parametrize("kind,position_bn,head_lif", [("plif", "replicate", False), ("if", "scale", False),
@@ -58,7 +60,7 @@ def test_other_neurons_position_bn_treatments_and_head_lif(kind, position_bn, he
     model = trained_like(seed=3, kind=kind, head_lif=head_lif)
     x = images()
     graph = export_nir(model, position_bn=position_bn, dt=1e-3)
-    got = run_nir(graph, x, T=3, dt=1e-3)
+    got = replay_nir(graph, x, T=3, dt=1e-3)
     assert (got - eval_logits(model, x)).abs().max().item() < 1e-9
 
 

@@ -8,7 +8,7 @@ import itertools
 import pytest
 import torch
 from spikingjelly.activation_based import functional, layer, neuron
-from spikingjelly.activation_based.op_counter import DispatchCounterMode, SynOpCounter
+from spikingjelly.activation_based.op_counter import DispatchCounterMode, MACCounter, SynOpCounter
 from torch import nn
 
 from snn_engine.errors import UserError
@@ -273,3 +273,45 @@ def test_energy_time_steps_accumulation_and_errors():
         with OpCounter(model) as counter:
             pass
         counter.compute()
+
+
+def spikingjelly_totals(model: nn.Module, x: torch.Tensor) -> tuple[int, int]:
+    """SpikingJelly's ``op_counter``: (SynOps, MACs) of one forward of ``model(x)``, over the whole batch."""
+    synops, macs = SynOpCounter(), MACCounter()
+    with torch.no_grad(), DispatchCounterMode([synops, macs]):
+        model(x)
+    functional.reset_net(model)
+    return synops.get_total(), macs.get_total()
+
+
+@pytest.mark.parametrize("spe", [True, False], ids=["spe", "mlp_s"])
+def test_sparse_mlp_totals_equal_spikingjelly_op_counter(spe):
+    """Counted from the aten ops that ran, SpikingJelly's SynOpCounter and MACCounter give exactly our AC and MAC
+    totals on the sparse-MLP (spike-driven linear maps, token matmuls and SPE convs as AC; the stem conv, the BNs
+    at one MAC per element and the head as MAC)."""
+    from tests.mixer_fixtures import images, trained_like
+
+    model = trained_like(0, spe=spe)
+    x = images(2)
+    with OpCounter(model, time_steps=model.T) as counter, torch.no_grad():
+        model(x)
+    functional.reset_net(model)
+    ours = counter.compute()["total"]
+    synops, macs = spikingjelly_totals(model, x)
+    assert ours["ac"] > 1000 and ours["mac"] > 1000
+    assert ours["ac"] * 2 == synops and ours["mac"] * 2 == macs
+
+
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_spiking_ssm_ac_equals_spikingjelly_synops(bidirectional):
+    """On a SpikingSSM only the ACs compare: SynOps are the spike-driven 1x1 mixing convs, our AC too; the MACs
+    do not (we count the S4D convolution at its recurrent deployment cost and the GLU, SpikingJelly the aten ops
+    that ran, where the FFT convolution is not a multiply-accumulate it counts)."""
+    model = small_ssm(bidirectional)
+    x = torch.randn(3, 16, dtype=torch.float64) * 3
+    with OpCounter(model) as counter, torch.no_grad():
+        model(x)
+    functional.reset_net(model)
+    ours = counter.compute()["total"]
+    synops, _ = spikingjelly_totals(model, x)
+    assert ours["ac"] > 0 and ours["ac"] * 3 == synops

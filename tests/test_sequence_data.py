@@ -325,7 +325,35 @@ def test_speech_commands_fixture(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------ DVS gesture
+def reference_frames(events, n_frames: int, frame_us: float, t_start: float) -> np.ndarray:
+    """The hand-written binning dvs_gesture.py had before tonic's to_frame_numpy: floor((t - start) / frame)."""
+    frames = np.zeros((n_frames, 2, 128, 128), dtype=np.float32)
+    index = np.floor((events["t"].astype(np.float64) - t_start) / frame_us).astype(np.int64)
+    keep = (index >= 0) & (index < n_frames)
+    np.add.at(frames, (index[keep], events["p"][keep].astype(np.int64), events["y"][keep].astype(np.int64),
+                       events["x"][keep].astype(np.int64)), 1.0)
+    return frames
+
+
+@pytest.mark.parametrize("frame_us,n_frames,offset", [(25_000.0, 68, 0.0), (10_000.0, 150, 0.0),
+                                                      (25_000.0, 68, 300_000.0), (333.0, 500, 17.0)])
+def test_dvs_frames_from_tonic_are_bit_identical_to_our_old_binning(frame_us, n_frames, offset):
+    pytest.importorskip("tonic", reason="tonic (the dvs extra: uv sync --extra dvs) is not installed")
+    events = make_events(5000, duration_us=2_000_000, seed=3)
+    events["t"][100:110] = events["t"][100]  # simultaneous events
+    edge = events["t"].min() + offset + 3 * frame_us  # an event exactly on a frame boundary
+    events["t"][2000] = max(int(edge), events["t"][1999])
+    events["t"] = np.sort(events["t"])
+    start = float(events["t"].min()) + offset
+    got = events_to_frames(events, n_frames, frame_us, start)
+    assert got.dtype == np.float32 and got.sum() > 100
+    assert np.array_equal(got, reference_frames(events, n_frames, frame_us, start))
+    shuffled = events[np.random.default_rng(0).permutation(len(events))]  # tonic needs time order: we sort
+    assert np.array_equal(events_to_frames(shuffled, n_frames, frame_us, start), got)
+
+
 def test_dvs_frame_binning_on_synthetic_events():
+    pytest.importorskip("tonic", reason="tonic (the dvs extra: uv sync --extra dvs) is not installed")
     events = make_events(600, duration_us=2_000_000)
     frames = events_to_frames(events, n_frames=68, frame_us=25_000.0)
     t0 = events["t"].min()

@@ -27,12 +27,10 @@ def pad_sequences(seqs: Sequence[torch.Tensor], pad_value: float = 0,
         the padded batch and ``int64 [B]`` lengths.
     """
     lengths = torch.tensor([s.shape[0] for s in seqs], dtype=torch.long)
-    longest = int(lengths.max()) if len(seqs) else 0
-    length = longest if length is None else max(int(length), longest)
-    first = seqs[0]
-    out = torch.full((len(seqs), length, *first.shape[1:]), pad_value, dtype=first.dtype)
-    for i, s in enumerate(seqs):
-        out[i, : s.shape[0]] = s
+    out = torch.nn.utils.rnn.pad_sequence(list(seqs), batch_first=True, padding_value=pad_value)
+    extra = 0 if length is None else int(length) - out.shape[1]
+    if extra > 0:  # pad further, to the common length of a retrieval pair
+        out = torch.cat([out, out.new_full((out.shape[0], extra, *out.shape[2:]), pad_value)], dim=1)
     return out, lengths
 
 

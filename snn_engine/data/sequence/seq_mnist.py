@@ -15,7 +15,6 @@ fixed generator (s4: 10%, seed 42), ``val`` = that held-out part (the official t
 
 from __future__ import annotations
 
-import gzip
 from pathlib import Path
 
 import numpy as np
@@ -27,24 +26,6 @@ from snn_engine.errors import UserError
 
 MNIST_STEMS = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
                "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
-
-
-def read_idx_file(path: Path) -> np.ndarray:
-    """An unsigned-byte IDX file (raw or gzip) -> ``uint8`` array of its dims; :class:`UserError` if invalid."""
-    try:
-        with (gzip.open if path.suffix == ".gz" else open)(path, "rb") as f:
-            data = f.read()
-    except (OSError, EOFError) as err:
-        raise UserError(f"cannot read MNIST file {path} ({err}); restore the original file") from None
-    if len(data) < 4 or data[:3] != b"\x00\x00\x08":
-        raise UserError(f"{path} is not an unsigned-byte IDX file (bad header); restore the original MNIST file")
-    ndim = data[3]
-    dims = tuple(int(d) for d in np.frombuffer(data, dtype=">i4", count=ndim, offset=4)) \
-        if len(data) >= 4 + 4 * ndim else None
-    body = np.frombuffer(data, dtype=np.uint8, offset=min(len(data), 4 + 4 * ndim))
-    if dims is None or body.size != int(np.prod(dims)):
-        raise UserError(f"{path} is truncated (header {dims}, {body.size} bytes); restore the original MNIST file")
-    return body.reshape(dims)
 
 
 def bitreversal_permutation(n: int) -> np.ndarray:
@@ -146,13 +127,14 @@ class SeqMNIST(SequenceData):
 
     def _official(self, which: str) -> tuple[torch.Tensor, torch.Tensor]:
         if which not in self._arrays:
-            images = read_idx_file(self._file(MNIST_STEMS[which][0]))
-            labels = read_idx_file(self._file(MNIST_STEMS[which][1]))
+            from snn_engine.data.vision import read_idx  # imports torchvision: only when MNIST is read
+
+            images = read_idx(self._file(MNIST_STEMS[which][0]))
+            labels = read_idx(self._file(MNIST_STEMS[which][1]))
             if images.ndim != 3 or images.shape[1:] != (28, 28) or labels.shape != (images.shape[0],):
                 raise UserError(f"MNIST {which} files disagree: images {images.shape}, labels {labels.shape}; "
                                 f"restore the original files")
-            self._arrays[which] = (torch.from_numpy(images.reshape(-1, 784, 1).copy()),
-                                   torch.from_numpy(labels.astype(np.int64)))
+            self._arrays[which] = (images.reshape(-1, 784, 1), labels.long())
         return self._arrays[which]
 
     def build(self, split: str) -> PixelSequences:
