@@ -18,7 +18,7 @@ from torch import nn
 from snn_engine.errors import UserError
 from snn_engine.ops import OpContext, OpCount
 from snn_engine.recompute import checkpoint_spiking
-from spiking_ssm.s4d import DEFAULT_CHUNK_ELEMS, S4DKernel, bidirectional_kernel, fft_conv
+from spiking_ssm.s4d import S4DKernel, bidirectional_kernel, fft_conv
 
 THRESHOLDS = ("channel", "shared", "fixed")
 NORMS = {"batch": "batch", "bn": "batch", "layer": "layer", "ln": "layer"}
@@ -65,7 +65,6 @@ class SpikingSSM(nn.Module):
         dt_min: float = 1e-3,
         dt_max: float = 1e-1,
         ssm_lr: float = 1e-3,
-        chunk_elems: int = DEFAULT_CHUNK_ELEMS,
         s4d_implementation: str = "auto",
     ):
         super().__init__()
@@ -77,8 +76,7 @@ class SpikingSSM(nn.Module):
         self.threshold = threshold
         self.kernel = S4DKernel(
             H, d_state, channels=2 if bidirectional else 1, dt_min=dt_min, dt_max=dt_max,
-            trainable_B=trainable_B, ssm_lr=ssm_lr, chunk_elems=chunk_elems,
-            implementation=s4d_implementation,
+            trainable_B=trainable_B, ssm_lr=ssm_lr, implementation=s4d_implementation,
         )
         self.D = nn.Parameter(torch.randn(H, 1))
         if threshold == "channel":

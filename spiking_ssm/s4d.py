@@ -129,7 +129,6 @@ class S4DKernel(nn.Module):
         dt_max: float = 1e-1,
         trainable_B: bool = False,
         ssm_lr: float = 1e-3,
-        chunk_elems: int = DEFAULT_CHUNK_ELEMS,
         implementation: str = "auto",
     ):
         super().__init__()
@@ -143,7 +142,6 @@ class S4DKernel(nn.Module):
         H, half = d_model, d_state // 2
         self.d_model, self.d_state, self.channels = H, d_state, channels
         self.trainable_B = bool(trainable_B)
-        self.chunk_elems = int(chunk_elems)
         ssm_hint = {"lr": float(ssm_lr), "weight_decay": 0.0}
 
         log_dt = torch.rand(H) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)
