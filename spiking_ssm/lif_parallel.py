@@ -28,8 +28,8 @@ from spikingjelly.activation_based import base
 from snn_engine.errors import UserError
 from spiking_ssm import lif_scan
 from spiking_ssm.kernels import runtime
-from spiking_ssm.neurons import _check_tau, packaged_weights
-from spiking_ssm.sdn import load_reduced
+from spiking_ssm.sdn.network import load_reduced
+from spiking_ssm.sdn.packaged import check_tau as _check_tau, packaged_weights
 
 log = logging.getLogger(__name__)
 GUESSES = ("auto", "sdn", "zero")
@@ -102,7 +102,7 @@ class ParallelLIFNeuron(base.MemoryModule):
             return None
         if weights is None and not path.is_file():
             raise UserError(f"neuron.guess=sdn: no packaged SDN for neuron.tau={self.tau:g}; use neuron.guess=zero "
-                            f"(or auto), or pass neuron.weights=PATH.pt from `python -m spiking_ssm.pretrain_sdn`")
+                            f"(or auto), or pass neuron.weights=PATH.pt from `python -m spiking_ssm.sdn.pretrain`")
         sdn = load_reduced(path)
         if not math.isclose(float(sdn.tau), self.tau, rel_tol=1e-6, abs_tol=1e-9):
             raise UserError(f"SDN weights {path} were trained for tau={float(sdn.tau):g}, not neuron.tau={self.tau:g}; "

@@ -1,9 +1,9 @@
 """Train the SDN on exact LIF traces of varied currents, reduce it and write the packaged weights.
 
-    python -m spiking_ssm.pretrain_sdn [--tau 0.125] [--train-seqs N] [--finetune-epochs E] [--out PATH.pt]
+    python -m spiking_ssm.sdn.pretrain [--tau 0.125] [--train-seqs N] [--finetune-epochs E] [--out PATH.pt]
 
 Data (``--data mixture``, default): ``--train-seqs`` sequences of ``--length`` steps from the per-sequence
-mixture of :mod:`spiking_ssm.sdn_data` (a ``--standard-share`` of N(0, 1); the rest i.i.d. normal/uniform/
+mixture of :mod:`spiking_ssm.sdn.data` (a ``--standard-share`` of N(0, 1); the rest i.i.d. normal/uniform/
 Laplace currents with a random mean and scale, slowly varying AR(1)-plus-noise currents and piecewise-constant
 levels), with their exact LIF traces (hard reset, threshold 1); validation sequences from another seed.
 ``--data normal`` is the original recipe's i.i.d. N(0, 1) only. The sequences are short (256 steps; the SDN
@@ -27,7 +27,7 @@ About 36 minutes on a quiet core (49 with the other core busy).
 
 The model is then reduced (:func:`spiking_ssm.sdn.reduce_sdn`), the reduction is checked against the training
 form in float64 (max abs diff <= 1e-10), and its spike agreement with the exact LIF is measured on fresh N(0, 1)
-inputs (seed 12345) and over the generalisation suite (:mod:`spiking_ssm.sdn_agreement`: shifted, scaled,
+inputs (seed 12345) and over the generalisation suite (:mod:`spiking_ssm.sdn.agreement`: shifted, scaled,
 shaped and correlated inputs and recorded SpikingSSM layer currents, its own fresh seeds). ``<out>.pt`` (a
 plain dict of tensors, float64, loadable with ``torch.load(weights_only=True)``) and ``<out>.json`` (sha256,
 command, tau, agreement, the suite's table, date) are written. Default ``--out``:
@@ -51,18 +51,14 @@ import torch
 
 from snn_engine.errors import UserError
 from snn_engine.strict_args import StrictArgumentParser
-from spiking_ssm.lif_traces import generate_traces
-from spiking_ssm.sdn import SDN, ReducedSDN, load_reduced, reduce_sdn, save_reduced
-from spiking_ssm.sdn_agreement import SUITE_SEED, format_table, run_suite
-from spiking_ssm.sdn_data import make_traces
-from spiking_ssm.sdn_training import LOSSES, recalibrate_batchnorm, run_stage, spike_agreement, val_loss
+from spiking_ssm.sdn.agreement import SUITE_SEED, format_table, run_suite
+from spiking_ssm.sdn.data import make_traces
+from spiking_ssm.sdn.lif_traces import generate_traces
+from spiking_ssm.sdn.network import SDN, ReducedSDN, load_reduced, reduce_sdn, save_reduced
+from spiking_ssm.sdn.packaged import packaged_weights
+from spiking_ssm.sdn.training import LOSSES, recalibrate_batchnorm, run_stage, spike_agreement, val_loss
 
-WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 TRAIN_SEED, VAL_SEED, TEST_SEED = 1, 2, 12345
-
-
-def default_weights_path(tau: float) -> Path:
-    return WEIGHTS_DIR / f"sdn_tau{tau:g}.pt"
 
 
 def sha256_of(path: str | Path) -> str:
@@ -128,10 +124,10 @@ def train(args: argparse.Namespace) -> tuple[SDN, dict]:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = StrictArgumentParser(prog="python -m spiking_ssm.pretrain_sdn", description=__doc__.split("\n")[0])
+    parser = StrictArgumentParser(prog="python -m spiking_ssm.sdn.pretrain", description=__doc__.split("\n")[0])
     parser.add_argument("--tau", type=float, default=0.125, help="LIF leak (u <- tau*u + y)")
     parser.add_argument("--data", choices=("mixture", "normal"), default="mixture",
-                        help="training currents: the mixture of spiking_ssm.sdn_data, or i.i.d. N(0,1) only")
+                        help="training currents: the mixture of spiking_ssm.sdn.data, or i.i.d. N(0,1) only")
     parser.add_argument("--standard-share", type=float, default=0.3, help="share of N(0,1) sequences in the mixture")
     parser.add_argument("--train-seqs", type=int, default=64000)
     parser.add_argument("--val-seqs", type=int, default=4000)
@@ -180,7 +176,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
-    out = args.out or default_weights_path(args.tau)
+    out = args.out or packaged_weights(args.tau)
     wall = time.time()
     model, best = train(args)
     print(f"best checkpoint: epoch {best['epoch']} val_loss {best['val_loss']:.3e}", flush=True)
@@ -206,7 +202,7 @@ def main(argv: list[str] | None = None) -> dict:
     record = {
         "file": out.name,
         "sha256": sha256_of(out),
-        "command": "python -m spiking_ssm.pretrain_sdn" + ("" if not (argv or sys.argv[1:]) else
+        "command": "python -m spiking_ssm.sdn.pretrain" + ("" if not (argv or sys.argv[1:]) else
                                                            " " + shlex.join(argv if argv is not None else sys.argv[1:])),
         "tau": args.tau,
         "v_threshold": 1.0,
@@ -234,13 +230,13 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 def _suite(reduced: ReducedSDN, args: argparse.Namespace) -> dict:
-    """The generalisation suite's table for ``reduced`` (:func:`spiking_ssm.sdn_agreement.run_suite`)."""
+    """The generalisation suite's table for ``reduced`` (:func:`spiking_ssm.sdn.agreement.run_suite`)."""
     start = time.time()
     results = run_suite({"sdn": reduced}, seqs=args.suite_seqs, length=1024, real=args.suite_real, log=lambda _: None)
     print(f"generalisation suite ({args.suite_seqs} x 1024 per distribution, {time.time() - start:.0f}s):\n"
           + format_table(results), flush=True)
     return {"seqs": args.suite_seqs, "length": 1024, "seed": SUITE_SEED, "dtype": "float32",
-            "command": f"python -m spiking_ssm.sdn_agreement --weights <out> --seqs {args.suite_seqs}"
+            "command": f"python -m spiking_ssm.sdn.agreement --weights <out> --seqs {args.suite_seqs}"
                        + ("" if args.suite_real else " --no-real"),
             "results": {name: row["sdn"] for name, row in results.items()}}
 

@@ -1,16 +1,16 @@
 """Sample text from a trained SpikingSSM language model, token by token (recurrent mode).
 
-    python -m spiking_ssm.generate ckpt=outputs/train/<run>/checkpoints/last.pt prompt="the meaning of" \\
+    python -m spiking_ssm.lm.generate ckpt=outputs/train/<run>/checkpoints/last.pt prompt="the meaning of" \\
         max_new_tokens=50 temperature=1.0 top_k=0 seed=0 [device=auto] [use_ema=false] [paths.data=/data ...]
 
 The checkpoint (written by the engine's trainer: model weights, the training config and the vocabulary) gives the
-model and its words; no data set is read (:mod:`spiking_ssm.lm_restore`; older checkpoints without a vocabulary
+model and its words; no data set is read (:mod:`spiking_ssm.lm.restore`; older checkpoints without a vocabulary
 rebuild their data set, with a warning). Dotted ``key=value`` arguments override the training config (e.g.
 ``paths.data=/data``); the key must exist there (``+key=value`` adds one).
 
 The prompt is split on whitespace into words (a word-level vocabulary such as WikiText-103's); words outside the
 vocabulary become ``<unk>`` with a warning (an error when the vocabulary has no ``<unk>``); an empty prompt starts
-from ``<eos>``. The prompt runs through :class:`~spiking_ssm.streaming_lm.StreamingLanguageModel`, then each
+from ``<eos>``. The prompt runs through :class:`~spiking_ssm.lm.streaming.StreamingLanguageModel`, then each
 sampled token is fed back. ``temperature=0`` is greedy decoding, any other temperature must be a finite number > 0;
 ``top_k=0`` samples from the whole vocabulary.
 
@@ -39,9 +39,9 @@ import torch
 from snn_engine.errors import UserError
 
 if TYPE_CHECKING:
-    from spiking_ssm.language_model import SpikingSSMLanguageModel
+    from spiking_ssm.lm.language_model import SpikingSSMLanguageModel
 
-USAGE = ("usage: python -m spiking_ssm.generate ckpt=PATH [prompt=TEXT] [max_new_tokens=50] [temperature=1.0] "
+USAGE = ("usage: python -m spiking_ssm.lm.generate ckpt=PATH [prompt=TEXT] [max_new_tokens=50] [temperature=1.0] "
          "[top_k=0] [seed=0] [device=auto|cpu|cuda] [use_ema=false] [section.key=value ...] (temperature=0: greedy)")
 #: exit status after Ctrl-C (128 + SIGINT), as shells report it
 INTERRUPTED = 130
@@ -103,9 +103,9 @@ def pick_device(name: str) -> torch.device:
 
 
 def load_model(ckpt: str, overrides: list[str], use_ema: bool = False):
-    """(model in eval mode on CPU, vocabulary, training config): :func:`spiking_ssm.lm_restore.load_model`, imported
+    """(model in eval mode on CPU, vocabulary, training config): :func:`spiking_ssm.lm.restore.load_model`, imported
     on use so that argument errors come before the model code's imports (seconds)."""
-    from spiking_ssm.lm_restore import load_model as restore
+    from spiking_ssm.lm.restore import load_model as restore
 
     return restore(ckpt, overrides, use_ema)
 
@@ -156,7 +156,7 @@ def generate(model: SpikingSSMLanguageModel, prompt_ids: list[int], max_new_toke
     """Run the prompt, then sample ``max_new_tokens`` ids, handing each to ``on_token`` as soon as it is drawn.
     Returns (new ids, statistics of the decoding steps: tokens/s and, per generated token, spikes, mixing-conv ACs
     and energy; ``prompt_*`` for the prompt steps)."""
-    from spiking_ssm.streaming_lm import StreamingLanguageModel
+    from spiking_ssm.lm.streaming import StreamingLanguageModel
 
     device = torch.device(device)
     model = model.to(device).eval()
