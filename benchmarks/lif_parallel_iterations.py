@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rows", type=int, default=400)
     parser.add_argument("--length", type=int, default=1024)
     parser.add_argument("--sources", nargs="*", default=["shapes-pixels"], help="recorded layer currents "
-                        "(spiking_ssm.layer_currents.SOURCES), each untrained and briefly trained")
+                        "(spiking_ssm.sdn.layer_currents.SOURCES), each untrained and briefly trained")
     parser.add_argument("--sweep", type=int, default=0, help="sequential steps after each scan (the soma's "
                         "neuron.sweep; the error trail is always that of plain scans)")
     args = parser.parse_args(argv)
@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> None:
         rows = torch.randn(args.rows, args.length, generator=g, dtype=torch.float64) * std + mean
         measure(name, rows, SETTINGS, args.sweep)
     if args.sources:
-        from spiking_ssm.layer_currents import source_currents
+        from spiking_ssm.sdn.layer_currents import source_currents
 
         for source in args.sources:
             for trained in (False, True):

@@ -1,7 +1,7 @@
 """Spikes that differ between a trained causal SpikingSSM model's parallel (training) forward and its streaming
 deployment (diagonal SSM state + exact LIF per step), per layer, on validation samples: classifiers through
 :class:`~spiking_ssm.streaming.StreamingClassifier`, language models through the token-by-token
-:class:`~spiking_ssm.streaming_lm.StreamingLanguageModel` that ``generate`` runs (there also the largest difference of
+:class:`~spiking_ssm.lm.streaming.StreamingLanguageModel` that ``generate`` runs (there also the largest difference of
 next-token log-probabilities, in nats).
 
     python benchmarks/train_deploy_gap.py CKPT [CKPT ...] [--samples 64] [--soma lif_parallel]
@@ -60,7 +60,7 @@ def gap(model, x: torch.Tensor) -> list[tuple[int, int]]:
 
 def load_language_model(path: str, soma: str | None):
     """(LM in float64 eval mode, validation tokens [N] of its data, neuron kind) from a language-model checkpoint."""
-    from spiking_ssm.lm_restore import load_model
+    from spiking_ssm.lm.restore import load_model
 
     model, _, cfg = load_model(path, [])
     data = instantiate(cfg.dataset)
@@ -73,7 +73,7 @@ def load_language_model(path: str, soma: str | None):
 def language_model_gap(model, tokens: torch.Tensor) -> tuple[list[tuple[int, int]], float]:
     """Per layer (spikes that differ, spikes compared) and the largest |log p| difference over the vocabulary, between
     the parallel forward on ``tokens [B, L]`` and the streaming model fed one token at a time."""
-    from spiking_ssm.streaming_lm import StreamingLanguageModel
+    from spiking_ssm.lm.streaming import StreamingLanguageModel
 
     records = []
     hooks = [b.layer.neuron.register_forward_hook(lambda m, i, o: records.append(o.permute(1, 2, 0)))

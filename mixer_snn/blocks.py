@@ -22,10 +22,27 @@ import torch
 from torch import nn
 
 from mixer_snn.norms import BatchNormT, ChannelMLPNorm, TokenAxisNorm
+from snn_engine.errors import UserError
 from snn_engine.ops import OpContext, OpCount, linear_ops
 from snn_engine.spike_memory import spike_input
 
 NeuronFactory = Callable[[], nn.Module]
+
+
+def check_images(x: torch.Tensor, in_chans: int, img_size: int, norm: str, T: int) -> None:
+    """Raise :class:`UserError` unless ``x`` is images ``[B, C, H, W]`` or ``[T', B, C, H, W]`` with ``C = in_chans``
+    and ``H = W = img_size`` (and ``T' = T`` for ``norm="tebn"``): the input contract of the sparse-MLP and of its
+    BN-folded form."""
+    if x.dim() not in (4, 5):
+        raise UserError(f"SparseMLPSNN expects images [B, C, H, W] or [T, B, C, H, W], got shape "
+                        f"{tuple(x.shape)}; check the data set / encoding")
+    c, h, w = x.shape[-3:]
+    if (c, h, w) != (in_chans, img_size, img_size):
+        raise UserError(f"input images are {c}x{h}x{w} but the model was built for {in_chans}x"
+                        f"{img_size}x{img_size}; set model.img_size / model.in_chans to match the data")
+    if x.dim() == 5 and norm == "tebn" and x.shape[0] != T:
+        raise UserError(f"input has T={x.shape[0]} time steps but norm=tebn was built for T={T}; "
+                        "set model.T to the input's number of time steps")
 
 
 def bn_channels_last(norm: BatchNormT, y: torch.Tensor) -> torch.Tensor:

@@ -1,5 +1,8 @@
 """BatchNorm folding: a trained :class:`~mixer_snn.model.SparseMLPSNN` -> an inference model without BN.
 
+This module does not import the model: :func:`fold_model` takes any module with the sparse-MLP's parts
+(:data:`FOLDED_PARTS`), so the model can call it (``fold_for_inference``) without an import circle.
+
 ``fold_model(model)`` returns a :class:`FoldedSparseMLP` whose logits equal the eval-mode logits of
 ``model`` (same input contract, ``[T, B, K]`` out). Every BN that follows a conv/linear map with the same
 output features is merged into that map's weight and bias (stem, SPE convs, the token projections per
@@ -29,23 +32,33 @@ import torch
 from spikingjelly.activation_based import neuron as sj_neuron
 from torch import nn
 
-from mixer_snn.blocks import ChannelBlock, ConvBN, MixerBlock, PatchCell, Stem, TokenBlock, TokenMixing
+from mixer_snn.blocks import ChannelBlock, ConvBN, MixerBlock, PatchCell, Stem, TokenBlock, TokenMixing, check_images
 from mixer_snn.folded import (
+    FoldedChannelBlock,
     FoldedConv,
+    FoldedHead,
+    FoldedLIFHead,
+    FoldedTokenBlock,
     FoldedTokenMixing,
     PositionBias,
     PositionLinear,
     PositionScale,
     SpikeAffine,
     ThresholdNeuron,
-    apply_per_step,
 )
-from mixer_snn.model import SparseMLPSNN
+from mixer_snn.mfi import audit, format_audit
 from mixer_snn.norms import BatchNormT
 from snn_engine.errors import UserError
-from snn_engine.ops import OpContext, OpCount
 
 POSITION_BN = ("threshold", "scale", "replicate")
+#: what :func:`fold_model` reads of a :class:`~mixer_snn.model.SparseMLPSNN`; a module without them is refused
+FOLDED_PARTS = ("stages", "head_norm", "head_lif", "head", "norm", "T", "in_chans", "img_size", "patch_size",
+                "num_classes")
+
+
+def foldable(model: nn.Module) -> bool:
+    """Whether ``model`` has the parts of a sparse-MLP that :func:`fold_model` folds."""
+    return all(hasattr(model, part) for part in FOLDED_PARTS)
 
 
 def bn_affine(norm: BatchNormT) -> tuple[torch.Tensor, torch.Tensor]:
@@ -111,20 +124,6 @@ def fold_token_mixing(mixing: TokenMixing) -> FoldedTokenMixing:
     return FoldedTokenMixing(proj, mixing.axis, mixing.lif)
 
 
-class FoldedTokenBlock(nn.Module):
-    """Token block with folded BNs: spikes ``[T, B, H, W, C]`` -> analog current (same shape)."""
-
-    def __init__(self, mix_h: FoldedTokenMixing, mix_w: FoldedTokenMixing, fuse: nn.ModuleList,
-                 identity_affine: SpikeAffine | None, identity_lif: nn.Module | None):
-        super().__init__()
-        self.mix_h, self.mix_w, self.fuse = mix_h, mix_w, fuse
-        self.identity_affine, self.identity_lif = identity_affine, identity_lif
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        identity = x if self.identity_affine is None else self.identity_lif(self.identity_affine(x))
-        return apply_per_step(self.fuse, torch.cat((identity, self.mix_h(x), self.mix_w(x)), dim=-1), x.shape[0])
-
-
 def fold_token_block(block: TokenBlock) -> FoldedTokenBlock:
     scale, shift = bn_affine(block.fuse_norm)
     fuse = _linears(block.fuse.weight, block.fuse.bias, scale, shift, block.fuse.weight.dtype)
@@ -135,28 +134,6 @@ def fold_token_block(block: TokenBlock) -> FoldedTokenBlock:
         affine = SpikeAffine(s.to(dtype), c.to(dtype))
     return FoldedTokenBlock(fold_token_mixing(block.mix_h), fold_token_mixing(block.mix_w), fuse, affine,
                             block.identity_lif)
-
-
-class FoldedChannelBlock(nn.Module):
-    """Channel MLP with folded BNs: spikes ``[T, B, H, W, C]`` -> analog current (same shape).
-
-    ``fc1`` -> [``scale1``] -> [``bias1``] -> ``lif`` -> ``fc2`` -> [``scale2``] -> [``bias2``]; see :mod:`mixer_snn.fold`.
-    """
-
-    def __init__(self, fc1: nn.ModuleList, scale1: PositionScale | None, bias1: PositionBias | None, lif: nn.Module,
-                 fc2: nn.Module, scale2: PositionScale | None, bias2: PositionBias | None):
-        super().__init__()
-        self.fc1, self.scale1, self.bias1, self.lif = fc1, scale1, bias1, lif
-        self.fc2, self.scale2, self.bias2 = fc2, scale2, bias2
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        T = x.shape[0]
-        z = apply_per_step(self.fc1, x, T)
-        z = z if self.scale1 is None else self.scale1(z)
-        z = self.lif(z if self.bias1 is None else self.bias1(z))
-        y = apply_per_step(self.fc2, z, T) if isinstance(self.fc2, nn.ModuleList) else self.fc2(z)
-        y = y if self.scale2 is None else self.scale2(y)
-        return y if self.bias2 is None else self.bias2(y)
 
 
 def threshold_neuron(node: nn.Module, scale: torch.Tensor, shift_dtype: torch.dtype) -> ThresholdNeuron:
@@ -221,43 +198,7 @@ def fold_channel_block(block: ChannelBlock, position_bn: str) -> FoldedChannelBl
     return FoldedChannelBlock(fc1, scale1, bias1, lif, fc2, scale2, bias2)
 
 
-class FoldedHead(nn.Module):
-    """Final BN + spatial mean + Linear, folded: spikes ``[T, B, h, w, C]`` -> logits ``[T, B, K]``.
-
-    BN and the 1/(h*w) of the mean are merged into ``weight [S, K, C]`` (S = 1, or T for tebn) applied to
-    the per-channel spike counts: each spike accumulates one weight column (counted as ACs).
-    """
-
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor):
-        super().__init__()
-        self.register_buffer("weight", weight)
-        self.register_buffer("bias", bias)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        counts = x.sum(dim=(2, 3))  # [T, B, C]
-        if self.weight.shape[0] == 1:
-            return counts @ self.weight[0].T + self.bias[0]
-        return torch.stack([c @ w.T + b for c, w, b in zip(counts, self.weight, self.bias)])
-
-    def count_ops(self, inputs: tuple, output: torch.Tensor, ctx: OpContext) -> OpCount:
-        x, fan_out = inputs[0], self.weight.shape[1]
-        dense = x.shape[0] * x.shape[1] * x.shape[-1] * fan_out / max(ctx.time_steps, 1)
-        return OpCount(ac=float(torch.count_nonzero(x)) * fan_out, dense=dense)
-
-
-class FoldedLIFHead(nn.Module):
-    """Head with a neuron (``head_lif=True``): spike counts ``[T, B, C]`` -> per-channel affine (the pooled
-    BN, real-valued multiplications) -> neuron -> ``nn.Linear`` on spikes. Input ``[T, B, h, w, C]``."""
-
-    def __init__(self, affine: SpikeAffine, lif: nn.Module, linear: nn.Linear):
-        super().__init__()
-        self.affine, self.lif, self.linear = affine, lif, linear
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.linear(self.lif(self.affine(x.sum(dim=(2, 3)))))
-
-
-def fold_head(model: SparseMLPSNN) -> nn.Module:
+def fold_head(model: nn.Module) -> nn.Module:
     """``head_norm`` + mean + [``head_lif``] + ``head`` -> :class:`FoldedHead` or :class:`FoldedLIFHead`."""
     scale, shift = bn_affine(model.head_norm)  # [S, C]
     w, b = model.head.weight.double(), model.head.bias.double()
@@ -271,42 +212,39 @@ def fold_head(model: SparseMLPSNN) -> nn.Module:
 
 
 class FoldedSparseMLP(nn.Module):
-    """The BN-free inference form of a :class:`SparseMLPSNN`: same input contract, logits ``[T, B, K]``.
+    """The BN-free inference form of a :class:`~mixer_snn.model.SparseMLPSNN`: same input contract, logits
+    ``[T, B, K]``.
 
     Reset the neurons with ``reset_net`` after every batch, as for the training model.
     """
 
-    _check_input = SparseMLPSNN._check_input
-
-    def __init__(self, source: SparseMLPSNN, stages: nn.ModuleList, head: nn.Module, position_bn: str):
+    def __init__(self, source: nn.Module, stages: nn.ModuleList, head: nn.Module, position_bn: str):
         super().__init__()
         self.T, self.in_chans, self.img_size, self.norm = source.T, source.in_chans, source.img_size, source.norm
         self.num_classes, self.position_bn = source.num_classes, position_bn
         self.stages, self.head = stages, head
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self._check_input(x)
+        """Images ``[B, C, H, W]`` (repeated T times) or ``[T, B, C, H, W]`` -> logits ``[T, B, num_classes]``."""
+        check_images(x, self.in_chans, self.img_size, self.norm, self.T)
         for stage in self.stages:
             x = stage(x)
         return self.head(x)
 
     def mfi_audit(self, ops: dict) -> dict:
         """The multiplications left, from an ``OpCounter.compute()`` result (:func:`mixer_snn.mfi.audit`)."""
-        from mixer_snn.mfi import audit
-
         return audit(self, ops)
 
     @staticmethod
     def format_mfi_audit(result: dict) -> str:
         """Console text of :meth:`mfi_audit` (:func:`mixer_snn.mfi.format_audit`)."""
-        from mixer_snn.mfi import format_audit
-
         return format_audit(result)
 
 
-def fold_model(model: SparseMLPSNN, position_bn: str = "threshold") -> FoldedSparseMLP:
-    """Fold every BN of ``model`` (left untouched) into its weights; see the module docstring."""
-    if not isinstance(model, SparseMLPSNN):
+def fold_model(model: nn.Module, position_bn: str = "threshold") -> FoldedSparseMLP:
+    """Fold every BN of ``model`` (a :class:`~mixer_snn.model.SparseMLPSNN`, left untouched) into its weights; see the
+    module docstring."""
+    if not foldable(model):
         raise UserError(f"BN folding (mfi=true) applies to the sparse-MLP (mixer_snn.SparseMLPSNN), got "
                         f"{type(model).__name__}; drop mfi=true for this model")
     if model.norm == "ln":

@@ -10,6 +10,10 @@ What cannot be merged into a weight shared over token positions (the channel MLP
 kept explicit and exact: :class:`PositionBias` (an addition), :class:`ThresholdNeuron` (a per-position
 threshold; multiplication-free), :class:`PositionScale` (one true multiplication per neuron and step) or
 :class:`PositionLinear` (per-position weight copies; multiplication-free, P times the memory).
+
+The folded blocks and heads (:class:`FoldedTokenBlock`, :class:`FoldedChannelBlock`, :class:`FoldedHead`,
+:class:`FoldedLIFHead`) are assembled from these parts by :mod:`mixer_snn.fold`; the MFI audit and the NIR exporter
+read them from here, so neither needs the folding code.
 """
 
 from __future__ import annotations
@@ -198,3 +202,75 @@ class ThresholdNeuron(nn.Module):
 
     def extra_repr(self) -> str:
         return f"decay={self.decay}, decay_input={self.decay_input}, v_reset={self.v_reset}"
+
+
+class FoldedTokenBlock(nn.Module):
+    """Token block with folded BNs: spikes ``[T, B, H, W, C]`` -> analog current (same shape)."""
+
+    def __init__(self, mix_h: FoldedTokenMixing, mix_w: FoldedTokenMixing, fuse: nn.ModuleList,
+                 identity_affine: SpikeAffine | None, identity_lif: nn.Module | None):
+        super().__init__()
+        self.mix_h, self.mix_w, self.fuse = mix_h, mix_w, fuse
+        self.identity_affine, self.identity_lif = identity_affine, identity_lif
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        identity = x if self.identity_affine is None else self.identity_lif(self.identity_affine(x))
+        return apply_per_step(self.fuse, torch.cat((identity, self.mix_h(x), self.mix_w(x)), dim=-1), x.shape[0])
+
+
+class FoldedChannelBlock(nn.Module):
+    """Channel MLP with folded BNs: spikes ``[T, B, H, W, C]`` -> analog current (same shape).
+
+    ``fc1`` -> [``scale1``] -> [``bias1``] -> ``lif`` -> ``fc2`` -> [``scale2``] -> [``bias2``]; see :mod:`mixer_snn.fold`.
+    """
+
+    def __init__(self, fc1: nn.ModuleList, scale1: PositionScale | None, bias1: PositionBias | None, lif: nn.Module,
+                 fc2: nn.Module, scale2: PositionScale | None, bias2: PositionBias | None):
+        super().__init__()
+        self.fc1, self.scale1, self.bias1, self.lif = fc1, scale1, bias1, lif
+        self.fc2, self.scale2, self.bias2 = fc2, scale2, bias2
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        T = x.shape[0]
+        z = apply_per_step(self.fc1, x, T)
+        z = z if self.scale1 is None else self.scale1(z)
+        z = self.lif(z if self.bias1 is None else self.bias1(z))
+        y = apply_per_step(self.fc2, z, T) if isinstance(self.fc2, nn.ModuleList) else self.fc2(z)
+        y = y if self.scale2 is None else self.scale2(y)
+        return y if self.bias2 is None else self.bias2(y)
+
+
+class FoldedHead(nn.Module):
+    """Final BN + spatial mean + Linear, folded: spikes ``[T, B, h, w, C]`` -> logits ``[T, B, K]``.
+
+    BN and the 1/(h*w) of the mean are merged into ``weight [S, K, C]`` (S = 1, or T for tebn) applied to
+    the per-channel spike counts: each spike accumulates one weight column (counted as ACs).
+    """
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor):
+        super().__init__()
+        self.register_buffer("weight", weight)
+        self.register_buffer("bias", bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        counts = x.sum(dim=(2, 3))  # [T, B, C]
+        if self.weight.shape[0] == 1:
+            return counts @ self.weight[0].T + self.bias[0]
+        return torch.stack([c @ w.T + b for c, w, b in zip(counts, self.weight, self.bias)])
+
+    def count_ops(self, inputs: tuple, output: torch.Tensor, ctx: OpContext) -> OpCount:
+        x, fan_out = inputs[0], self.weight.shape[1]
+        dense = x.shape[0] * x.shape[1] * x.shape[-1] * fan_out / max(ctx.time_steps, 1)
+        return OpCount(ac=float(torch.count_nonzero(x)) * fan_out, dense=dense)
+
+
+class FoldedLIFHead(nn.Module):
+    """Head with a neuron (``head_lif=True``): spike counts ``[T, B, C]`` -> per-channel affine (the pooled
+    BN, real-valued multiplications) -> neuron -> ``nn.Linear`` on spikes. Input ``[T, B, h, w, C]``."""
+
+    def __init__(self, affine: SpikeAffine, lif: nn.Module, linear: nn.Linear):
+        super().__init__()
+        self.affine, self.lif, self.linear = affine, lif, linear
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(self.lif(self.affine(x.sum(dim=(2, 3)))))

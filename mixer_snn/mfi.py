@@ -15,8 +15,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from mixer_snn.fold import FoldedLIFHead, FoldedSparseMLP
-from mixer_snn.folded import FoldedConv, PositionScale, SpikeAffine
+from mixer_snn.folded import FoldedConv, FoldedLIFHead, PositionScale, SpikeAffine
 
 REASONS = {
     FoldedConv: "first layer: the conv reads real-valued image pixels (the paper's one exception)",
@@ -35,8 +34,9 @@ def _reason(module: nn.Module, is_stem: bool) -> str:
     return "real-valued input"
 
 
-def audit(folded: FoldedSparseMLP, ops: dict) -> dict:
-    """Classify the synaptic operations of ``folded`` from ``ops`` (an ``OpCounter.compute()`` result).
+def audit(folded: nn.Module, ops: dict) -> dict:
+    """Classify the synaptic operations of ``folded`` (a :class:`~mixer_snn.fold.FoldedSparseMLP`, which calls this
+    from its ``mfi_audit``) from ``ops`` (an ``OpCounter.compute()`` result).
 
     Returns ``{"multiplication_free_after_first_layer": bool, "true_multiplications": [{"layer", "mac",
     "reason"}], "accumulate_layers": int, "position_bn": str}`` (``mac`` per sample).

@@ -25,7 +25,8 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from mixer_snn.blocks import ConvBN, MixerBlock, NeuronFactory, PatchCell, Stem
+from mixer_snn.blocks import ConvBN, MixerBlock, NeuronFactory, PatchCell, Stem, check_images
+from mixer_snn.fold import fold_model
 from mixer_snn.norms import CHANNEL_BN_AXES, NORMS, BatchNormT
 from snn_engine import spike_memory
 from snn_engine.errors import UserError
@@ -154,21 +155,9 @@ class SparseMLPSNN(nn.Module):
         self.head_lif = neuron() if head_lif else None
         self.head = nn.Linear(self.num_features, num_classes)
 
-    def _check_input(self, x: torch.Tensor) -> None:
-        if x.dim() not in (4, 5):
-            raise UserError(f"SparseMLPSNN expects images [B, C, H, W] or [T, B, C, H, W], got shape "
-                            f"{tuple(x.shape)}; check the data set / encoding")
-        c, h, w = x.shape[-3:]
-        if (c, h, w) != (self.in_chans, self.img_size, self.img_size):
-            raise UserError(f"input images are {c}x{h}x{w} but the model was built for {self.in_chans}x"
-                            f"{self.img_size}x{self.img_size}; set model.img_size / model.in_chans to match the data")
-        if x.dim() == 5 and self.norm == "tebn" and x.shape[0] != self.T:
-            raise UserError(f"input has T={x.shape[0]} time steps but norm=tebn was built for T={self.T}; "
-                            "set model.T to the input's number of time steps")
-
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Images ``[B, C, H, W]`` or ``[T, B, C, H, W]`` -> last-stage spikes ``[T, B, 8*dim, h, w]``."""
-        self._check_input(x)
+        check_images(x, self.in_chans, self.img_size, self.norm, self.T)
         with spike_memory.storage(self.spike_storage):
             for s, stage in enumerate(self.stages):
                 x = checkpoint_spiking(stage, x, binary_input=s > 0) if self.checkpoint_stages else stage(x)
@@ -190,12 +179,11 @@ class SparseMLPSNN(nn.Module):
 
     def fold_for_inference(self, position_bn: str = "threshold") -> nn.Module:
         """The BN-free inference form (:func:`mixer_snn.fold.fold_model`); it offers ``mfi_audit``."""
-        from mixer_snn.fold import fold_model
-
         return fold_model(self, position_bn)
 
     def export_nir(self, path, position_bn: str = "threshold"):
-        """Write the folded model as a NIR graph (:func:`mixer_snn.nir_export.export_nir`); returns the graph."""
+        """Write the folded model as a NIR graph (:func:`mixer_snn.nir_export.export_nir`, imported here because it
+        needs the optional ``nir`` package); returns the graph."""
         from mixer_snn.nir_export import export_nir
 
         return export_nir(self, path, position_bn=position_bn)

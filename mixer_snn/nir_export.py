@@ -37,9 +37,9 @@ from spikingjelly.activation_based import neuron as sj_neuron
 from torch import nn
 
 from mixer_snn.blocks import PatchCell
-from mixer_snn.fold import FoldedChannelBlock, FoldedHead, FoldedLIFHead, FoldedSparseMLP, FoldedTokenBlock, fold_model
-from mixer_snn.folded import FoldedConv, PositionLinear, ThresholdNeuron
-from mixer_snn.model import SparseMLPSNN
+from mixer_snn.fold import FoldedSparseMLP, fold_model, foldable
+from mixer_snn.folded import (FoldedChannelBlock, FoldedConv, FoldedHead, FoldedLIFHead, FoldedTokenBlock,
+                              PositionLinear, ThresholdNeuron)
 from snn_engine.errors import UserError
 
 NODE_TYPES = (nir.Input, nir.Output, nir.Conv2d, nir.Flatten, nir.Affine, nir.Linear, nir.LIF, nir.IF)
@@ -386,14 +386,14 @@ def export_nir(model: nn.Module, path: str | Path | None = None, *, dt: float = 
     Input node: one image ``[Cin, H, W]`` presented at every step; output node: logits ``[K]`` per step.
     Writes the graph with ``nir.write(path, graph)`` when ``path`` is given.
     """
-    if not isinstance(model, (SparseMLPSNN, FoldedSparseMLP)):
+    if not isinstance(model, FoldedSparseMLP) and not foldable(model):
         raise UserError(f"NIR export takes a SparseMLPSNN or FoldedSparseMLP, got {type(model).__name__}; "
                         "export the sparse-MLP model")
     if model.norm == "tebn":
         raise UserError("norm=tebn has one weight per time step; NIR weights are time-invariant, so export a "
                         "model trained with norm=bn or tdbn")
     source = type(model).__name__
-    if isinstance(model, SparseMLPSNN):
+    if not isinstance(model, FoldedSparseMLP):
         model = fold_model(model, position_bn=position_bn)
     if not dt > 0:
         raise UserError(f"dt={dt} must be positive; pass e.g. dt=1e-4")

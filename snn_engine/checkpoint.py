@@ -2,7 +2,8 @@
 
 A checkpoint holds ``model``, ``optimizer``, ``scheduler``, ``scaler``, ``ema`` state dicts, the
 position (``step``, ``epoch``, ``batch_in_epoch``), ``best`` metric, the RNG states of every generator
-the run uses, the model's ``_target_`` and the resolved ``config`` dict.
+the run uses, the model's ``_target_`` and the resolved ``config`` dict. :func:`load` renames the class paths that
+have moved since a checkpoint was written (:mod:`snn_engine.moved_targets`).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import numpy as np
 import torch
 
 from snn_engine.errors import RunFailed, UserError
+from snn_engine.moved_targets import update_targets
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -86,14 +88,16 @@ def non_finite_tensors(state: dict, prefix: str = "") -> list[str]:
 
 
 def load(path: str | os.PathLike) -> dict:
-    """Load a checkpoint written by :func:`atomic_save` on CPU, refusing arbitrary pickled objects."""
+    """Load a checkpoint written by :func:`atomic_save` on CPU, refusing arbitrary pickled objects; class paths that
+    moved since it was written are renamed (:func:`snn_engine.moved_targets.update_targets`)."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"checkpoint {path} does not exist; pass an existing file (ckpt=... or trainer.resume=...)")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # truncated, corrupt or not a checkpoint of ours
         raise UserError(f"checkpoint {path} cannot be read ({type(error).__name__}: {error}); pass a valid .pt file") from error
+    return update_targets(state) if isinstance(state, dict) else state
 
 
 def rng_state() -> dict:

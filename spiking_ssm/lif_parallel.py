@@ -28,8 +28,8 @@ from spikingjelly.activation_based import base
 from snn_engine.errors import UserError
 from spiking_ssm import lif_scan
 from spiking_ssm.kernels import runtime
-from spiking_ssm.neurons import _check_tau, packaged_weights
-from spiking_ssm.sdn import load_reduced
+from spiking_ssm.sdn.network import load_reduced
+from spiking_ssm.sdn.packaged import check_tau as _check_tau, packaged_weights
 
 log = logging.getLogger(__name__)
 GUESSES = ("auto", "sdn", "zero")

@@ -28,22 +28,10 @@ from spikingjelly.activation_based import surrogate as sj_surrogate
 from snn_engine.errors import UserError
 from snn_engine.neurons import LIFNode
 from spiking_ssm.kernels import runtime, soma
-from spiking_ssm.sdn import ReducedSDN, load_reduced
+from spiking_ssm.sdn.network import ReducedSDN, load_reduced
+from spiking_ssm.sdn.packaged import WEIGHTS_DIR, check_tau, packaged_weights
 
-WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 NEURON_KINDS = ("sdn", "lif", "sltt", "lif_parallel")
-
-
-def packaged_weights(tau: float) -> Path:
-    """Where the packaged reduced SDN for ``tau`` lives (it may not exist for that tau)."""
-    return WEIGHTS_DIR / f"sdn_tau{float(tau):g}.pt"
-
-
-def _check_tau(tau: float) -> float:
-    tau = float(tau)
-    if not 0.0 <= tau < 1.0 or math.isnan(tau):
-        raise UserError(f"neuron.tau={tau} must be the membrane leak factor in [0, 1) (SpikingSSM uses 0.125)")
-    return tau
 
 
 class SDNNeuron(base.MemoryModule):
@@ -62,7 +50,7 @@ class SDNNeuron(base.MemoryModule):
                  implementation: str = "auto") -> None:
         super().__init__()
         self.step_mode = "m"
-        self.tau = _check_tau(tau)
+        self.tau = check_tau(tau)
         self.implementation = runtime.check_implementation(implementation)
         self.last_implementation: str | None = None  # what ran the latest call: "triton" or "torch"
         self._params = _ParamCache()
@@ -70,7 +58,7 @@ class SDNNeuron(base.MemoryModule):
         if weights is None and not path.is_file():
             raise UserError(
                 f"no packaged SDN for neuron.tau={self.tau:g} (only {sorted(p.name for p in WEIGHTS_DIR.glob('*.pt'))}); "
-                f"train one with `python -m spiking_ssm.pretrain_sdn --tau {self.tau:g} --out PATH.pt` "
+                f"train one with `python -m spiking_ssm.sdn.pretrain --tau {self.tau:g} --out PATH.pt` "
                 "and pass neuron.weights=PATH.pt"
             )
         sdn = load_reduced(path)
@@ -78,7 +66,7 @@ class SDNNeuron(base.MemoryModule):
         if not math.isclose(trained_tau, self.tau, rel_tol=1e-6, abs_tol=1e-9):
             raise UserError(
                 f"SDN weights {path} were trained for tau={trained_tau:g}, not neuron.tau={self.tau:g}; "
-                f"train one with `python -m spiking_ssm.pretrain_sdn --tau {self.tau:g} --out PATH.pt` "
+                f"train one with `python -m spiking_ssm.sdn.pretrain --tau {self.tau:g} --out PATH.pt` "
                 "and pass neuron.weights=PATH.pt (or set neuron.tau to match)"
             )
         self.sdn: ReducedSDN = sdn.float()
@@ -141,7 +129,7 @@ class SLTTLIFNeuron(base.MemoryModule):
                  store_v_seq: bool = False, implementation: str = "auto") -> None:
         super().__init__()
         self.step_mode = "m"
-        self.tau = _check_tau(tau)
+        self.tau = check_tau(tau)
         self.implementation = runtime.check_implementation(implementation)
         self.last_implementation: str | None = None  # what ran the latest call: "triton" or "torch"
         self._params = _ParamCache()
@@ -205,7 +193,7 @@ class _ParamCache:
 def make_lif(tau: float = 0.125, surrogate_alpha: float = 1.0) -> sj_neuron.LIFNode:
     """SpikingJelly multi-step LIF with ``u <- tau * u + y`` (its ``tau`` is ``1 / (1 - tau)``), BPTT; its membrane
     stays float32 under autocast (:class:`snn_engine.neurons.LIFNode`)."""
-    tau = _check_tau(tau)
+    tau = check_tau(tau)
     return LIFNode(
         tau=1.0 / (1.0 - tau),
         decay_input=False,

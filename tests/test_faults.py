@@ -278,7 +278,7 @@ def test_full_disk_is_one_line_and_keeps_the_previous_checkpoint(tmp_path, finis
 ])
 def test_pretrain_sdn_rejects_unknown_and_bad_arguments(argv, expected, capsys):
     from snn_engine.errors import UserError
-    from spiking_ssm.pretrain_sdn import parse_args
+    from spiking_ssm.sdn.pretrain import parse_args
 
     try:
         parse_args(argv)

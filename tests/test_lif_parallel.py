@@ -263,7 +263,7 @@ def test_streaming_language_model_has_no_spike_different_from_training_forward()
     """What ``generate`` runs (the token-by-token LM with the exact LIF) equals the parallel forward of a model
     using ``lif_parallel``: every spike, and next-token log-probabilities to float64 rounding."""
     from benchmarks.train_deploy_gap import language_model_gap
-    from spiking_ssm.language_model import SpikingSSMLanguageModel
+    from spiking_ssm.lm.language_model import SpikingSSMLanguageModel
 
     torch.manual_seed(32)
     model = SpikingSSMLanguageModel(functools.partial(make_ssm_neuron, "lif_parallel"), vocab_size=23, d_model=8,

@@ -7,7 +7,7 @@ from hydra.utils import instantiate
 
 from snn_engine import run
 from snn_engine.run import build_model
-from spiking_ssm.generate import main as generate_main
+from spiking_ssm.lm.generate import main as generate_main
 from tests.helpers import compose_train, read_summary
 from tests.lm_fixtures import write_wikitext
 

@@ -22,7 +22,7 @@ from snn_engine.data.language import GrammarLanguage, WikiText103
 from snn_engine.data.language.cache import load_fresh, save_atomic
 from snn_engine.data.language.record import check_token_ids, vocab_from_record
 from snn_engine.errors import UserError
-from spiking_ssm.generate import USAGE
+from spiking_ssm.lm.generate import USAGE
 from tests.helpers import REPO
 from tests.lm_fixtures import TRAIN, write_wikitext
 
@@ -171,7 +171,7 @@ def lm_checkpoint(folder, data_root, carry_vocab: bool = True) -> str:
 
 
 def run_generate(args: list[str], capsys) -> tuple[int, str, str]:
-    from spiking_ssm.generate import main
+    from spiking_ssm.lm.generate import main
 
     capsys.readouterr()
     code = main(args)
@@ -220,7 +220,7 @@ def test_non_finite_or_negative_temperatures_are_one_line_errors(temperature, ca
 
 
 def test_sampling_refuses_bad_temperatures_and_survives_tiny_ones():
-    from spiking_ssm.generate import sample
+    from spiking_ssm.lm.generate import sample
 
     log_probs = torch.log_softmax(torch.tensor([0.0, 3.0, 1.0, -2.0]), dim=0).float()
     generator = torch.Generator().manual_seed(0)
@@ -266,7 +266,7 @@ class FlushRecorder:
 
 
 def test_each_generated_word_is_flushed_as_it_is_sampled(trained, monkeypatch):
-    from spiking_ssm import generate
+    from spiking_ssm.lm import generate
 
     ckpt, _ = trained
     recorder, steps = FlushRecorder(), []
@@ -285,10 +285,10 @@ def test_each_generated_word_is_flushed_as_it_is_sampled(trained, monkeypatch):
 
 
 def generate_process(args: list[str]) -> subprocess.Popen:
-    """``python -m spiking_ssm.generate ARGS`` with pipes, SIGINT at its default (Ctrl-C raises KeyboardInterrupt
+    """``python -m spiking_ssm.lm.generate ARGS`` with pipes, SIGINT at its default (Ctrl-C raises KeyboardInterrupt
     even when the test runner was started with SIGINT ignored, as background jobs are)."""
     env = {**os.environ, "PYTHONPATH": str(REPO), "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen([sys.executable, "-m", "spiking_ssm.generate", *args], cwd=REPO, env=env,
+    return subprocess.Popen([sys.executable, "-m", "spiking_ssm.lm.generate", *args], cwd=REPO, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 

@@ -1,4 +1,4 @@
-"""Tests of the SpikingSSM language model (spiking_ssm.adaptive / language_model / streaming_lm / generate): the
+"""Tests of the SpikingSSM language model (spiking_ssm.lm: adaptive, language_model, streaming, generate): the
 adaptive softmax against dense and factorised references, weight tying, the exact WT103 parameter counts, the engine
 protocol, causality, gradients and optimizer groups, streaming == parallel, the Hydra config and the generation CLI
 on a tiny checkpoint written in the trainer's format with a stand-in vocabulary."""
@@ -19,11 +19,11 @@ from snn_engine.neurons import make_neuron
 from snn_engine.ops import OpCounter
 from snn_engine.optim import param_groups
 from snn_engine.run import build_model
-from spiking_ssm import generate
-from spiking_ssm.adaptive import AdaptiveInput, AdaptiveSoftmax, check_cutoffs
-from spiking_ssm.language_model import WT103, WT103_REFERENCE_PARAMS, SpikingSSMLanguageModel, parameter_counts
+from spiking_ssm.lm import generate
+from spiking_ssm.lm.adaptive import AdaptiveInput, AdaptiveSoftmax, check_cutoffs
+from spiking_ssm.lm.language_model import WT103, WT103_REFERENCE_PARAMS, SpikingSSMLanguageModel, parameter_counts
+from spiking_ssm.lm.streaming import StreamingLanguageModel
 from spiking_ssm.neurons import make_ssm_neuron
-from spiking_ssm.streaming_lm import StreamingLanguageModel
 from tests.helpers import compose_train
 
 pytestmark = pytest.mark.usefixtures("one_thread")

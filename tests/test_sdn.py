@@ -10,11 +10,12 @@ import torch
 from spikingjelly.activation_based import functional
 
 from snn_engine.errors import UserError
-from spiking_ssm.lif_traces import generate_traces, lif_reference, lif_time_major
-from spiking_ssm.neurons import SDNNeuron, SLTTLIFNeuron, make_ssm_neuron, packaged_weights
-from spiking_ssm.pretrain_sdn import main as pretrain_main
-from spiking_ssm.sdn import SDN, ReducedSDN, load_reduced, reduce_sdn, save_reduced
-from spiking_ssm.sdn_training import alive_penalty, forward_parts
+from spiking_ssm.neurons import SDNNeuron, SLTTLIFNeuron, make_ssm_neuron
+from spiking_ssm.sdn.lif_traces import generate_traces, lif_reference, lif_time_major
+from spiking_ssm.sdn.network import SDN, ReducedSDN, load_reduced, reduce_sdn, save_reduced
+from spiking_ssm.sdn.packaged import packaged_weights
+from spiking_ssm.sdn.pretrain import main as pretrain_main
+from spiking_ssm.sdn.training import alive_penalty, forward_parts
 
 TAU = 0.125
 WEIGHTS = packaged_weights(TAU)
@@ -77,10 +78,10 @@ def test_reduced_roundtrip_and_bad_files(tmp_path):
     assert float(again.tau) == 0.3
     x = torch.randn(3, 50, dtype=torch.float64)
     assert torch.equal(again(x), reduced(x))
-    with pytest.raises(UserError, match="pretrain_sdn"):
+    with pytest.raises(UserError, match=r"sdn\.pretrain"):
         load_reduced(tmp_path / "missing.pt")
     torch.save({"x": torch.zeros(1)}, tmp_path / "other.pt")
-    with pytest.raises(UserError, match="pretrain_sdn"):
+    with pytest.raises(UserError, match=r"sdn\.pretrain"):
         load_reduced(tmp_path / "other.pt")
 
 
@@ -130,7 +131,7 @@ def test_packaged_weights_match_their_record():
     record = json.loads(WEIGHTS.with_suffix(".json").read_text())
     assert hashlib.sha256(WEIGHTS.read_bytes()).hexdigest() == record["sha256"]
     assert record["tau"] == TAU and record["spike_agreement"] >= 0.9995
-    assert record["command"].startswith("python -m spiking_ssm.pretrain_sdn")
+    assert record["command"].startswith("python -m spiking_ssm.sdn.pretrain")
     state = torch.load(WEIGHTS, weights_only=True)
     assert all(isinstance(v, torch.Tensor) for v in state.values())
     assert sum(v.numel() for k, v in state.items() if k != "tau") == 153
@@ -184,7 +185,7 @@ def test_sdn_neuron_backward_is_the_triangle_surrogate():
 
 
 def test_sdn_neuron_rejects_an_unmatched_tau(tmp_path):
-    with pytest.raises(UserError, match=r"pretrain_sdn --tau 0.2.*neuron.weights"):
+    with pytest.raises(UserError, match=r"sdn\.pretrain --tau 0.2.*neuron.weights"):
         SDNNeuron(tau=0.2)
     save_reduced(reduce_sdn(_randomised_sdn(), tau=0.3), tmp_path / "t03.pt")
     with pytest.raises(UserError, match=r"trained for tau=0.3"):

@@ -7,12 +7,12 @@ import torch
 
 from snn_engine.data.sequence.seq_mnist import SeqShapes
 from snn_engine.errors import UserError
-from spiking_ssm.layer_currents import build_model, record_currents, source_currents
-from spiking_ssm.lif_traces import lif_reference
-from spiking_ssm.neurons import packaged_weights
-from spiking_ssm.sdn import ReducedSDN, load_reduced
-from spiking_ssm.sdn_agreement import DISTRIBUTIONS, OFFICIAL, SUITE_SEED, format_table, main, measure, sample
-from spiking_ssm.sdn_data import FAMILIES, make_traces, mixture_currents
+from spiking_ssm.sdn.agreement import DISTRIBUTIONS, OFFICIAL, SUITE_SEED, format_table, main, measure, sample
+from spiking_ssm.sdn.data import FAMILIES, make_traces, mixture_currents
+from spiking_ssm.sdn.layer_currents import build_model, record_currents, source_currents
+from spiking_ssm.sdn.lif_traces import lif_reference
+from spiking_ssm.sdn.network import ReducedSDN, load_reduced
+from spiking_ssm.sdn.packaged import packaged_weights
 
 TAU = 0.125
 WEIGHTS = packaged_weights(TAU)

@@ -18,7 +18,7 @@ from spiking_ssm.kernels.vandermonde import fused_vandermonde_kernel
 from spiking_ssm.layer import SpikingSSM
 from spiking_ssm.neurons import SDNNeuron, SLTTLIFNeuron, make_ssm_neuron
 from spiking_ssm.s4d import S4DKernel, fft_conv, vandermonde_kernel
-from spiking_ssm.sdn import SDN, reduce_sdn
+from spiking_ssm.sdn.network import SDN, reduce_sdn
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 LENGTHS = [1, 5, 8, 9, 263]  # 263: two SDN blocks of 256, the second partial

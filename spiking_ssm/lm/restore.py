@@ -23,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from snn_engine import checkpoint as ckpt_io
 from snn_engine.data.language.record import RECORD_KEY, vocab_from_record
 from snn_engine.errors import UserError
-from spiking_ssm.language_model import SpikingSSMLanguageModel
+from spiking_ssm.lm.language_model import SpikingSSMLanguageModel
 
 
 class CheckpointVocabulary:
@@ -77,7 +77,7 @@ def build_from_config(cfg: DictConfig, state: dict, source: object) -> tuple[Spi
         cls = None
     if cls is None or not issubclass(cls, SpikingSSMLanguageModel):
         raise UserError(f"checkpoint {source} holds a {target} model, not a SpikingSSM language model "
-                        "(spiking_ssm.language_model.SpikingSSMLanguageModel); pass a language-model checkpoint")
+                        "(spiking_ssm.lm.language_model.SpikingSSMLanguageModel); pass a language-model checkpoint")
     data = checkpoint_data(cfg, state, source)
     return build_model(cfg, data), data.vocab
 

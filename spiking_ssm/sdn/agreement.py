@@ -1,13 +1,13 @@
 """How well reduced SDNs generalise: spike agreement with the exact LIF on many input distributions.
 
-    python -m spiking_ssm.sdn_agreement [--weights PATH ...] [--seqs 2000] [--length 1024] [--no-real]
+    python -m spiking_ssm.sdn.agreement [--weights PATH ...] [--seqs 2000] [--length 1024] [--no-real]
 
 For each named distribution (:data:`DISTRIBUTIONS`: shifted, scaled, uniform, heavy-tailed and temporally
 correlated currents) ``seqs`` sequences of ``length`` steps are drawn from fresh seeds (:data:`SUITE_SEED` and
-up, never used by ``spiking_ssm.pretrain_sdn``), rounded to float32, and run through the exact LIF in float64
-(:func:`spiking_ssm.lif_traces.lif_reference`: tau from the weights, threshold 1, hard reset to 0) and
+up, never used by ``spiking_ssm.sdn.pretrain``), rounded to float32, and run through the exact LIF in float64
+(:func:`spiking_ssm.sdn.lif_traces.lif_reference`: tau from the weights, threshold 1, hard reset to 0) and
 through each SDN (in ``--dtype``, float32 by default, what the ``sdn`` neuron computes). Real currents
-(``real/...`` rows, :mod:`spiking_ssm.layer_currents`) are the soma inputs of SpikingSSM layers, untrained and
+(``real/...`` rows, :mod:`spiking_ssm.sdn.layer_currents`) are the soma inputs of SpikingSSM layers, untrained and
 briefly trained, about ``seqs * length`` values per source.
 
 Spike agreement is the fraction of steps where ``H(m_hat + y - 1)`` equals the exact spike; also reported:
@@ -28,10 +28,10 @@ import torch
 
 from snn_engine.errors import UserError
 from snn_engine.strict_args import StrictArgumentParser
-from spiking_ssm.layer_currents import SOURCES, source_currents
-from spiking_ssm.lif_traces import lif_reference
-from spiking_ssm.neurons import packaged_weights
-from spiking_ssm.sdn import ReducedSDN, load_reduced
+from spiking_ssm.sdn.layer_currents import SOURCES, source_currents
+from spiking_ssm.sdn.lif_traces import lif_reference
+from spiking_ssm.sdn.network import ReducedSDN, load_reduced
+from spiking_ssm.sdn.packaged import packaged_weights
 
 SUITE_SEED = 900_001
 Sampler = Callable[[int, int, torch.Generator], torch.Tensor]
@@ -200,7 +200,7 @@ def _labelled(paths: list[Path]) -> dict[str, ReducedSDN]:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = StrictArgumentParser(prog="python -m spiking_ssm.sdn_agreement", description=__doc__.split("\n")[0])
+    parser = StrictArgumentParser(prog="python -m spiking_ssm.sdn.agreement", description=__doc__.split("\n")[0])
     parser.add_argument("--weights", type=Path, nargs="+", default=None,
                         help="reduced SDN files (default: the packaged SDN for tau 0.125)")
     parser.add_argument("--seqs", type=int, default=2000, help="sequences per distribution")

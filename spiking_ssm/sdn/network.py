@@ -131,20 +131,20 @@ def load_reduced(path: str | Path) -> ReducedSDN:
     if not path.is_file():
         raise UserError(
             f"SDN weights file {path} does not exist; pass an existing file as neuron.weights=PATH "
-            "or make one with `python -m spiking_ssm.pretrain_sdn`"
+            "or make one with `python -m spiking_ssm.sdn.pretrain`"
         )
     try:
         state = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as error:  # noqa: BLE001 - any unreadable file is the user's to fix
         raise UserError(
             f"cannot read SDN weights {path} ({type(error).__name__}: {error}); "
-            "regenerate it with `python -m spiking_ssm.pretrain_sdn`"
+            "regenerate it with `python -m spiking_ssm.sdn.pretrain`"
         ) from error
     missing = [key for key in (*REDUCED_KEYS, "tau") if key not in state]
     if missing:
         raise UserError(
             f"SDN weights {path} lack {missing}; it is not a reduced SDN, regenerate it with "
-            "`python -m spiking_ssm.pretrain_sdn`"
+            "`python -m spiking_ssm.sdn.pretrain`"
         )
     width, _, kernel = state["conv1_weight"].shape
     reduced = ReducedSDN(width, kernel).to(state["conv1_weight"].dtype)

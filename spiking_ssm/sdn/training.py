@@ -1,7 +1,7 @@
 """The SDN's training loop: losses, the keep-alive penalty, epochs with a cosine schedule, BatchNorm statistics.
 
-Used by :mod:`spiking_ssm.pretrain_sdn`. Data are dicts of ``[N, L]`` tensors (``"input"`` currents,
-``"mem"`` the exact ``tau * u_{t-1}``, ``"spike"``) as made by :mod:`spiking_ssm.sdn_data`.
+Used by :mod:`spiking_ssm.sdn.pretrain`. Data are dicts of ``[N, L]`` tensors (``"input"`` currents,
+``"mem"`` the exact ``tau * u_{t-1}``, ``"spike"``) as made by :mod:`spiking_ssm.sdn.data`.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from spiking_ssm.sdn import SDN
+from spiking_ssm.sdn.network import SDN
 
 LOSSES = {"l1": F.l1_loss, "smooth_l1": F.smooth_l1_loss}  # smooth_l1: beta 1, the original recipe's
 

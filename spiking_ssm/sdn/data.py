@@ -25,7 +25,7 @@ import math
 import torch
 
 from snn_engine.errors import UserError
-from spiking_ssm.lif_traces import DEFAULT_TAU, lif_reference
+from spiking_ssm.sdn.lif_traces import DEFAULT_TAU, lif_reference
 
 FAMILIES = ("standard", "iid", "correlated", "piecewise")
 DEFAULT_FAMILY_WEIGHTS = (0.45, 0.4, 0.15)  # iid, correlated, piecewise (of the non-standard share)

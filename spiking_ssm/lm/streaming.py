@@ -1,4 +1,4 @@
-"""Token-by-token (recurrent) inference of a trained :class:`~spiking_ssm.language_model.SpikingSSMLanguageModel`.
+"""Token-by-token (recurrent) inference of a trained :class:`~spiking_ssm.lm.language_model.SpikingSSMLanguageModel`.
 
 Per token and layer (eval mode, :mod:`spiking_ssm.streaming`): the diagonal SSM state ``x <- Abar x + Bbar u``,
 the exact LIF soma (one membrane per channel) and the 1x1 mixing conv + GLU on the spikes, so memory stays constant
@@ -18,7 +18,7 @@ import torch
 
 from snn_engine.errors import UserError
 from snn_engine.ops import E_AC_PJ, E_MAC_PJ
-from spiking_ssm.language_model import SpikingSSMLanguageModel
+from spiking_ssm.lm.language_model import SpikingSSMLanguageModel
 from spiking_ssm.streaming import LIFConstants, StreamingBlock
 
 

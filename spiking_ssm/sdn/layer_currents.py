@@ -1,4 +1,4 @@
-"""Real soma currents of SpikingSSM layers, recorded for measuring the SDN (``spiking_ssm.sdn_agreement``).
+"""Real soma currents of SpikingSSM layers, recorded for measuring the SDN (``spiking_ssm.sdn.agreement``).
 
 A *current* is the soma input ``y = (K * u + D u) / theta`` of one neuron (one channel of one layer for one
 sample) along the sequence: exactly what the SDN sees. :func:`record_currents` collects them with forward

@@ -1,13 +1,13 @@
 """The SpikingSSM language model of the paper's WikiText-103 row (reference sections 3 and 4.2).
 
-Token ids [B, L] -> adaptive input (:class:`~spiking_ssm.adaptive.AdaptiveInput`, [B, L, H]) -> causal SpikingSSM
+Token ids [B, L] -> adaptive input (:class:`~spiking_ssm.lm.adaptive.AdaptiveInput`, [B, L, H]) -> causal SpikingSSM
 backbone (``n_layers`` pre-LayerNorm blocks, dropout 0.1, no final norm, as the reference's ``spikingssm``
-backbone) -> projected adaptive log-softmax (:class:`~spiking_ssm.adaptive.AdaptiveSoftmax`) with tied weights.
+backbone) -> projected adaptive log-softmax (:class:`~spiking_ssm.lm.adaptive.AdaptiveSoftmax`) with tied weights.
 
 Engine protocol (``snn_engine.tasks.LanguageModelTask``): ``forward(tokens, targets)`` returns the per-token
 negative log-likelihood in nats, float32 [B, L], 0 where ``targets == -100``; ``forward(tokens)`` returns the
 log-probabilities float32 [B, L, V] (small vocabularies only); a float64 model returns float64. Generation runs
-token by token through :class:`spiking_ssm.streaming_lm.StreamingLanguageModel`, which reads the final hidden
+token by token through :class:`spiking_ssm.lm.streaming.StreamingLanguageModel`, which reads the final hidden
 state through :meth:`SpikingSSMLanguageModel.log_probs_last`.
 
 Like every SpikingSSM model with a stateful soma (``neuron=lif``), call ``spikingjelly...functional.reset_net``
@@ -28,8 +28,8 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
-from spiking_ssm.adaptive import AdaptiveInput, AdaptiveSoftmax, ids_checkable
 from spiking_ssm.backbone import SpikingSSMBackbone
+from spiking_ssm.lm.adaptive import AdaptiveInput, AdaptiveSoftmax, ids_checkable
 
 # the paper's WT103 row (reference section 3): constructor arguments and the reference's parameter counts
 WT103 = dict(vocab_size=267_735, d_model=1024, n_layers=16, d_state=64, dropout=0.1, norm="layer", norm_place="pre",
@@ -43,7 +43,7 @@ class SpikingSSMLanguageModel(nn.Module):
 
     ``cutoffs`` (frequency-ordered vocabulary; [] = plain tied softmax), ``div_val``, ``tie_weights``,
     ``tie_projs`` (null = every projection tied but the head's), ``dropemb`` (on embedding rows), ``dropsoft``
-    (pre-output), ``init_scale``, ``bias_scale``: see :mod:`spiking_ssm.adaptive`. The remaining arguments are
+    (pre-output), ``init_scale``, ``bias_scale``: see :mod:`spiking_ssm.lm.adaptive`. The remaining arguments are
     the backbone's (:class:`~spiking_ssm.backbone.SpikingSSMBackbone`, always causal).
     """
 
