@@ -28,8 +28,7 @@ from spiking_ssm.neurons import make_ssm_neuron  # noqa: E402
 from spiking_ssm.streaming import StreamingClassifier  # noqa: E402
 
 
-def load(path: str, soma: str | None):
-    state = ckpt_io.load(path)
+def load(path: str, soma: str | None, state: dict):
     cfg = checkpoint_config(state, [])
     data = instantiate(cfg.dataset)
     model = build_model(cfg, data)
@@ -102,7 +101,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--soma", default=None, help="read the trained weights with this soma instead")
     args = parser.parse_args(argv)
     for path in args.checkpoints:
-        if "vocab" in ckpt_io.load(path):  # a language model's checkpoint carries its vocabulary
+        state = ckpt_io.load(path)
+        if "vocab" in state:  # a language model's checkpoint carries its vocabulary
             model, stream, kind = load_language_model(path, args.soma)
             length = min(args.length, stream.numel() // max(1, args.samples))
             tokens = stream[: args.samples * length].reshape(args.samples, length)
@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> None:
             print(f"{path} (LM trained with {kind}{', read with ' + args.soma if args.soma else ''}; {args.samples} x "
                   f"{length} tokens): {cells}; max |log p| difference {nats:.2e} nats", flush=True)
             continue
-        model, data, kind = load(path, args.soma)
+        model, data, kind = load(path, args.soma, state)
         val = data.val_set()
         x = torch.stack([val[i][0] for i in range(min(args.samples, len(val)))]).double()
         cells = ", ".join(f"layer {i}: {d} of {n} ({100 * d / n:.3f}%)" for i, (d, n) in enumerate(gap(model, x)))
