@@ -5,7 +5,8 @@
 #   1. the fused kernels' tests (SDN, SLTT, S4D, the exact soma's scans) compiled on CUDA, not the interpreter;
 #   2. the S4D kernel three ways (fused Triton, two-level torch, direct torch): which one `auto` should pick;
 #   3. every fused kernel's measured time beside its modelled one (benchmarks/kernel_budget.py --measure), which
-#      also times each SLTT pipelining (STAGES) and SDN block config;
+#      also times each SLTT pipelining (STAGES), SDN block and exact-soma chunk config; the exact soma's scans per
+#      chunk on the GPU (its scan rounds as a tree there: the rounding path's share is only seen on a GPU);
 #   4. the speed table at the paper's setting (batch 64, width 256, d_state 64, L = 1K..8K), with --verify and
 #      --decompose, the exact soma (lif_parallel) included, then the same under autocast;
 #   5. two epochs of sequential MNIST with the SDN soma and with SpikingJelly's LIF (sequences/s, accuracy), and the
@@ -25,6 +26,7 @@ python3 -m pytest -q -p no:cacheprovider -n 8 tests/test_ssm_kernels.py tests/te
 python3 benchmarks/s4d_speed.py --device cuda --lengths 1024 8192 --repeats 20 > "$out/s4d_speed.txt" 2>&1
 python3 -m benchmarks.kernel_budget --measure --jobs 12 > "$out/kernel_budget.txt" 2>&1  # measured beside modelled
 python3 benchmarks/neuron_speed.py --batch 64 --width 256 --verify --decompose > "$out/neuron_speed.txt" 2>&1
+python3 benchmarks/lif_parallel_iterations.py --fused --rows 2048 --length 8192 > "$out/lif_parallel_iterations.txt" 2>&1
 python3 benchmarks/neuron_speed.py --batch 64 --width 256 --amp --somas "sdn fused" "lif sj" "sltt fused" "exact fused" \
     > "$out/neuron_speed_amp.txt" 2>&1
 data=${DATA:-.gpu/data}

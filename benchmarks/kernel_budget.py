@@ -38,13 +38,14 @@ def evaluate(plan, arch: int, use_cache: bool = True) -> dict:
     row = {"label": plan.label, "name": plan.name, "config": plan.config, "arch": arch,
            "dtype": str(plan.dtype).replace("torch.", ""), "failures": []}
     try:
-        stats = offline.compile_for(plan.kernel, plan.args, plan.constants, arch, plan.num_warps, use_cache)
+        stats = offline.compile_for(plan.kernel, plan.args, plan.constants, arch, plan.num_warps, use_cache,
+                                    plan.fp_fusion)
     except Exception as error:  # a compile error is a failure to report, not a crash of the whole table
         row["failures"].append(f"compile error: {type(error).__name__}: {str(error).splitlines()[0][:300]}")
         row["traceback"] = traceback.format_exc()[-2000:]
         return row
     cost = model(stats.sass, elements=plan.elements, elements_per_thread=plan.elements_per_thread, trips=plan.trips,
-                 bytes_per_element=plan.bytes_per_element, access=plan.access)
+                 bytes_per_element=plan.bytes_per_element, access=plan.access, inner_runs=plan.inner_runs)
     row.update(registers=stats.registers, spill_bytes=stats.spill_bytes, shared_bytes=stats.shared_bytes,
                barriers=stats.sass.count("barrier", plan.trips), **{k: getattr(cost, k) for k in (
                    "instructions", "ffma", "loads", "stores", "wavefronts", "bytes", "issue_ms", "l1_ms", "dram_ms")},
@@ -104,10 +105,14 @@ def best(rows: list[dict]) -> dict[str, dict]:
 def summary(rows: list[dict]) -> list[str]:
     """Per kernel: the best config, and for the somas fwd + the backward's elementwise ``grad_s * g`` (DRAM floor)."""
     lines = []
-    for key, row in best(rows).items():
+    chosen = best(rows)
+    for key, row in chosen.items():
         line = f"{key:<36} best [{row['config']}]: {row['ms']:.3f} ms modelled ({row['limit']}-bound)"
         if row["name"] in ("sdn fwd", "sltt fwd"):
             line += f"; + bwd grad_s*g at the DRAM floor {row['dram_ms']:.3f} ms = {row['ms'] + row['dram_ms']:.3f} ms"
+        backward = chosen.get(key.replace("exact fwd", "exact bwd"))
+        if row["name"] == "exact fwd" and backward:
+            line += f"; + exact bwd {backward['ms']:.3f} ms = {row['ms'] + backward['ms']:.3f} ms"
         lines.append(line)
     return lines
 

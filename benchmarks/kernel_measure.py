@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from spiking_ssm.kernels import soma, vandermonde
+from spiking_ssm.kernels import lif_fixed_point, soma, vandermonde
 from spiking_ssm.kernels.launch import FP_FUSION
 from spiking_ssm.kernels.plans import BENCH
 
@@ -40,6 +40,8 @@ def _launcher(name: str, kwargs: dict, warps: int):
         grid = (triton.cdiv(n, kwargs["ROWS"]),)
         args = (y, s, g, s, params, n, length, y.stride(0), 1, length, 1, n.bit_length(), length.bit_length())
         return lambda: soma._sltt_forward_kernel[grid](*args, STORE_G=store_g, STORE_V=False, F64=False, **options)
+    if name.startswith("exact"):
+        return _exact_launcher(name, kwargs, warps)
     channels = int(name.split("C=")[1])
     coeff = torch.randn(channels, h, n2, 2, device=cuda)
     dta = torch.stack([-torch.rand(h, n2, device=cuda), torch.randn(h, n2, device=cuda)], -1)
@@ -53,6 +55,25 @@ def _launcher(name: str, kwargs: dict, warps: int):
     return lambda: vandermonde._vandermonde_backward_kernel[(h, blocks)](
         coeff, dta, grad, gcoeff, gdta, h, n2, length, C=channels, MODES=vandermonde.backward_modes(n2),
         SPAN=vandermonde.SPAN, F64=False, **options)
+
+
+def _exact_launcher(name: str, kwargs: dict, warps: int):
+    """The ``lif_parallel`` kernels on N(0, 1.2^2) currents, tau 0.125, as the soma launches them (no FMA
+    contraction in the forward; zero guess)."""
+    n, length, cuda = BENCH.rows, BENCH.length, torch.device("cuda")
+    y = 1.2 * torch.randn(n, BENCH.row_stride, device=cuda)[:, :length]  # an FFT slice, as the layer's currents
+    tau = torch.tensor([0.125], device=cuda)
+    h, spikes = torch.empty_like(y), torch.zeros(n, length, dtype=torch.uint8, device=cuda)
+    if "fwd" in name:
+        counts = torch.zeros(n, len(lif_fixed_point.STATS), dtype=torch.int32, device=cuda)
+        constants = dict(lif_fixed_point.constants(length, torch.float32, has_guess=False, block=kwargs["BLOCK"]))
+        return lambda: lif_fixed_point._exact_lif_kernel[(n,)](
+            y, spikes, h, spikes, counts, length, y.stride(0), tau, 32, 0.0, **constants, num_warps=warps,
+            enable_fp_fusion=False)
+    y = y.contiguous()  # the backward reads the saved membrane: contiguous rows
+    alpha, grad, out = torch.tensor([1.0], device=cuda), torch.randn_like(y), torch.empty_like(y)
+    return lambda: lif_fixed_point._reverse_scan_kernel[(n,)](
+        grad, y, spikes, out, length, tau, alpha, BLOCK=kwargs["BLOCK"], F64=False, num_warps=warps, **FP_FUSION)
 
 
 def measure_beside_model(rows: list[dict]) -> None:

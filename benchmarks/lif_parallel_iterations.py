@@ -2,11 +2,14 @@
 
     python benchmarks/lif_parallel_iterations.py                       # N(0,1), N(0.5,1), N(0,9), 3 N(0,1); shapes
     python benchmarks/lif_parallel_iterations.py --sources smnist      # + sequential MNIST currents (needs the files)
+    TRITON_INTERPRET=1 python benchmarks/lif_parallel_iterations.py --fused --rows 64   # the fused kernel's chunks
 
 Per input and setting (tau, guess): the spikes that differ from the exact LIF after the guess and after each scan
 (``errors``, e.g. ``39 -> 2 -> 0``), and per row the scans until no spike changed, the last one being the check
 (``mean``, ``max``, ``histogram`` as fractions of rows; with ``--sweep`` steps after each scan), and the rows that
-needed the rounding-exact phase.
+needed the rounding-exact phase. ``--fused`` runs the fused Triton kernel instead (on CUDA, or through Triton's
+interpreter on CPU: slow, use fewer rows), which iterates each chunk of ``BLOCK`` steps on its own: scans per chunk
+(mean over chunks, max, histogram of the chunks' counts as fractions of chunks) and the float-map steps.
 """
 
 from __future__ import annotations
@@ -48,6 +51,23 @@ def measure(name: str, rows: torch.Tensor, settings, sweep: int) -> None:
               f"  polished rows {int((stats.row_polish > 0).sum())}  histogram {histogram}", flush=True)
 
 
+def measure_fused(name: str, rows: torch.Tensor, settings, sweep: int = 0) -> None:
+    from spiking_ssm.kernels import lif_fixed_point
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    rows = rows.to(device)
+    block = lif_fixed_point.block_for(rows.shape[1])
+    for tau, guess in settings:
+        soma = ParallelLIFNeuron(tau=tau, guess=guess, max_iters=200)
+        start = soma.initial_guess(rows) if guess == "sdn" else None
+        spikes, _, stats = lif_fixed_point.fixed_point(rows, start, tau, max_iters=200)
+        exact = lif_scan.sequential(rows, tau, 1.0) >= 1.0
+        chunks = rows.shape[0] * -(-rows.shape[1] // block)
+        print(f"{name:<22} {list(rows.shape)!s:<13} tau {tau:<6g} {guess:<5} exact {bool(torch.equal(spikes, exact))}"
+              f"  scans per chunk of {block}: mean {int(stats.chunk_scans.sum()) / chunks:.3f}"
+              f" max {stats.scans}  float-map steps per chunk {int(stats.row_polish.sum()) / chunks:.4f}", flush=True)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=int, default=400)
@@ -56,11 +76,13 @@ def main(argv: list[str] | None = None) -> None:
                         "(spiking_ssm.sdn.layer_currents.SOURCES), each untrained and briefly trained")
     parser.add_argument("--sweep", type=int, default=0, help="sequential steps after each scan (the soma's "
                         "neuron.sweep; the error trail is always that of plain scans)")
+    parser.add_argument("--fused", action="store_true", help="the fused Triton kernel's per-chunk iterations")
     args = parser.parse_args(argv)
+    report = measure_fused if args.fused else measure
     g = torch.Generator().manual_seed(0)
     for name, (mean, std) in SYNTHETIC.items():
         rows = torch.randn(args.rows, args.length, generator=g, dtype=torch.float64) * std + mean
-        measure(name, rows, SETTINGS, args.sweep)
+        report(name, rows, SETTINGS, args.sweep)
     if args.sources:
         from spiking_ssm.sdn.layer_currents import source_currents
 
@@ -70,7 +92,7 @@ def main(argv: list[str] | None = None) -> None:
                 if rows is None:
                     print(f"{source}: data files not found, skipped")
                     break
-                measure(f"{source} {'trained' if trained else 'untrained'}", rows, SETTINGS, args.sweep)
+                report(f"{source} {'trained' if trained else 'untrained'}", rows, SETTINGS, args.sweep)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,9 @@ to the sequential LIF bit for bit in the input's precision (float32 arithmetic f
 
 - forward: a spike guess (the packaged SDN's for tau 0.125, no spikes otherwise), refined by membrane scans until
   no spike changes, then made rounding-exact (:func:`spiking_ssm.lif_scan.fixed_point`); rows that still change
-  after ``max_iters`` steps are logged (a warning with the counts) and, with ``finish_sequential``, run sequentially;
+  after ``max_iters`` steps are logged (a warning with the counts) and, with ``finish_sequential``, run sequentially.
+  The fused kernel (:func:`spiking_ssm.kernels.lif_fixed_point.fixed_point`) does all of it in one launch, chunk by
+  chunk of each row in registers;
 - backward: ``gradient=bptt`` is BPTT with the reset detached (SpikingJelly ``detach_reset=True``), a reverse scan
   over time; ``gradient=sltt`` is the elementwise ``grad_s * sg'(h - 1)`` (SLTT: no temporal path). Surrogate:
   SpikingJelly's ``PiecewiseQuadratic(alpha)`` triangle.
@@ -37,31 +39,40 @@ GRADIENTS = ("bptt", "sltt")
 
 
 class _ExactLIF(torch.autograd.Function):
-    """Rows ``y [N, L]`` -> spikes ``[N, L]``; ``solve(y) -> (spikes bool, membrane, stats)`` runs the forward."""
+    """Rows ``y [N, L]`` -> spikes ``[N, L]``; ``solve(y) -> (spikes bool, membrane)`` runs the forward,
+    ``backward_scan(grad, h, spikes, tau, alpha)`` the BPTT gradient."""
 
     @staticmethod
     def forward(ctx, y, solve, tau: float, alpha: float, gradient: str, backward_scan):
         spikes, h = solve(y.detach())
-        ctx.save_for_backward(lif_scan.surrogate_factor(h, 1.0, alpha), spikes)
-        ctx.tau, ctx.gradient, ctx.backward_scan = tau, gradient, backward_scan
+        ctx.save_for_backward(h, spikes)
+        ctx.tau, ctx.alpha, ctx.gradient, ctx.backward_scan = tau, alpha, gradient, backward_scan
         ctx.mark_non_differentiable(spikes)
         return spikes.to(y.dtype)
 
     @staticmethod
     def backward(ctx, grad_spikes):
-        factor, spikes = ctx.saved_tensors
-        grad = grad_spikes.to(factor.dtype)
+        h, spikes = ctx.saved_tensors
+        grad = grad_spikes.to(h.dtype)
         if ctx.gradient == "sltt":
-            return grad * factor, None, None, None, None, None
-        return ctx.backward_scan(grad, factor, spikes, ctx.tau), None, None, None, None, None
+            grad_y = grad * lif_scan.surrogate_factor(h, 1.0, ctx.alpha)
+        else:
+            grad_y = ctx.backward_scan(grad, h, spikes, ctx.tau, ctx.alpha)
+        return grad_y, None, None, None, None, None
+
+
+def _torch_bptt(grad: torch.Tensor, h: torch.Tensor, spikes: torch.Tensor, tau: float, alpha: float) -> torch.Tensor:
+    return lif_scan.bptt_gradient(grad, lif_scan.surrogate_factor(h, 1.0, alpha), spikes, tau)
 
 
 class ParallelLIFNeuron(base.MemoryModule):
     """Exact LIF spikes by fixed-point iteration of membrane scans; BPTT gradient by a reverse scan.
 
-    ``guess``: ``sdn`` (the packaged SDN for ``tau``, or ``weights``), ``zero`` (no spikes), ``auto`` (``sdn`` when
-    weights for ``tau`` exist). ``max_iters``: scans per call before the rows still changing are reported (and, with
-    ``finish_sequential``, run sequentially). ``sweep``: sequential steps each changed row runs after each scan
+    ``guess``: ``sdn`` (the packaged SDN for ``tau``, or ``weights``), ``zero`` (no spikes), ``auto``: in torch
+    ``sdn`` when weights for ``tau`` exist (each scan is a pass over memory: fewer scans pay for the SDN), in the
+    fused kernel ``zero`` (its scans run on registers: about two more per chunk cost less than the SDN's pass;
+    spikes are identical either way). ``max_iters``: scans per call (per chunk in the fused kernel) before the rows
+    still changing are reported (and, with ``finish_sequential``, run sequentially). ``sweep``: sequential steps each changed row runs after each scan
     from its first corrected spike (see :func:`~spiking_ssm.lif_scan.fixed_point`; smooth currents need it). ``last_stats`` holds the latest call's
     :class:`~spiking_ssm.lif_scan.FixedPointStats`; training calls accumulate into :meth:`pop_epoch_statistics`.
     """
@@ -92,7 +103,8 @@ class ParallelLIFNeuron(base.MemoryModule):
         self.implementation = runtime.check_implementation(implementation)
         self.last_implementation: str | None = None
         self.sdn = self._guess_network(guess, weights)
-        self.guess = "sdn" if self.sdn is not None else "zero"
+        self.guess = "sdn" if self.sdn is not None else "zero"  # the torch implementation's first guess
+        self.guess_setting = guess
         self.last_stats: lif_scan.FixedPointStats | None = None
         self._epoch = _EpochStatistics()
 
@@ -134,7 +146,8 @@ class ParallelLIFNeuron(base.MemoryModule):
         if stats.spike_capped or (stats.capped and not stats.finished):
             log.warning("lif_parallel soma reached neuron.max_iters=%d: %s (of %d rows, length %d)%s", self.max_iters,
                         "; ".join(stats.notes), rows.shape[0], rows.shape[1],
-                        f"; finished sequentially, exact ({stats.capped_changes} spikes corrected)" if stats.finished
+                        "; finished sequentially, exact" + (f" ({stats.capped_changes} spikes corrected)"
+                                                            if stats.capped_changes >= 0 else "") if stats.finished
                         else "; left inexact (neuron.finish_sequential=false): raise neuron.max_iters")
         elif stats.capped:  # only rounding bits were left (tau near 1 in float32): finished sequentially
             log.debug("lif_parallel soma: %s; finished sequentially", "; ".join(stats.notes))
@@ -147,19 +160,20 @@ class ParallelLIFNeuron(base.MemoryModule):
         self.last_implementation = self.implementation_for(y.device, y.dtype)
         compute = torch.float64 if y.dtype == torch.float64 else torch.float32
         time_last = y.movedim(0, -1)
-        rows = time_last.reshape(-1, y.shape[0]).contiguous().to(compute)
+        rows = time_last.reshape(-1, y.shape[0]).to(compute)  # a view of the layer's [B, H, L] memory if it can be
         if self.last_implementation == "triton":
             from spiking_ssm.kernels import lif_fixed_point
 
             solve, scan = (lambda r: self._solve_triton(r, lif_fixed_point)), lif_fixed_point.bptt_gradient
         else:
-            solve, scan = self._solve_torch, lif_scan.bptt_gradient
+            rows = rows.contiguous()
+            solve, scan = self._solve_torch, _torch_bptt
         spikes = _ExactLIF.apply(rows, solve, self.tau, self.surrogate_alpha, self.gradient, scan)
         return spikes.to(y.dtype).reshape(time_last.shape).movedim(-1, 0)
 
     def _solve_triton(self, rows: torch.Tensor, kernels):
-        spikes, h, stats = kernels.fixed_point(rows, self.initial_guess(rows), self.tau, self.max_iters,
-                                               self.finish_sequential, self.sweep)
+        guess = self.initial_guess(rows) if self.guess_setting == "sdn" else None  # auto: see the class docstring
+        spikes, h, stats = kernels.fixed_point(rows, guess, self.tau, self.max_iters, self.finish_sequential)
         self._record(stats, rows)
         return spikes, h
 

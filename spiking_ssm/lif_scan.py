@@ -94,7 +94,11 @@ def sequential(y: torch.Tensor, tau: float, theta, h: torch.Tensor | None = None
 class FixedPointStats:
     """How one call converged. ``row_scans[i]``: membrane scans row i took (its last one is the check that no
     spike changed); ``row_polish[i]``: rounding-exact float-map steps after that; ``capped``: rows still changing at
-    ``max_iters``; ``finished``: rows then run sequentially, which corrected ``capped_changes`` spikes."""
+    ``max_iters``; ``finished``: rows then run sequentially, which corrected ``capped_changes`` spikes.
+
+    The fused kernel (:mod:`spiking_ssm.kernels.lif_fixed_point`) iterates per chunk of a row: there ``row_scans[i]``
+    is the most scans a chunk of row i took, ``chunk_scans[i]`` the scans of all its chunks together, ``capped`` and
+    ``finished`` count chunks, and ``row_polish`` float-map steps summed over the row."""
 
     row_scans: torch.Tensor
     row_polish: torch.Tensor
@@ -104,6 +108,7 @@ class FixedPointStats:
     finished: int = 0
     guess_errors: int = -1  # spikes the guess got wrong (filled in when measured)
     notes: list[str] = field(default_factory=list)
+    chunk_scans: torch.Tensor | None = None  # fused kernel only: scans over all chunks of each row
 
     @property
     def scans(self) -> int:

@@ -21,7 +21,7 @@ from spiking_ssm.kernels.sass import count_sass
 from tests.helpers import REPO
 
 ARCHS = ("80", "90")
-KERNELS = {"sdn fwd", "sltt fwd", "s4d fwd C=2", "s4d bwd C=2"}
+KERNELS = {"sdn fwd", "sltt fwd", "s4d fwd C=2", "s4d bwd C=2", "exact fwd", "exact bwd"}
 SOMA_DTYPES = {"float32", "float16", "bfloat16", "float64"}
 
 
@@ -46,6 +46,7 @@ def test_every_kernel_compiles_without_spills_within_budget(report, arch):
     assert KERNELS <= names, f"kernels missing from the compile plans: {KERNELS - names}"
     assert {row["dtype"] for row in rows if row["name"] == "sdn fwd"} == SOMA_DTYPES
     assert {row["dtype"] for row in rows if row["name"] == "sltt fwd"} == SOMA_DTYPES
+    assert {row["dtype"] for row in rows if row["name"] == "exact fwd"} == {"float32", "float64"}
     failures = [f"sm_{arch} {'odd ' if row['odd'] else ''}{row['label']}: {'; '.join(row['failures'])}"
                 for row in rows if row["failures"]]
     assert not failures, "\n".join(failures)

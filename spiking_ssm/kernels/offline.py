@@ -4,7 +4,8 @@
 does for a real call (integers equal to 1 become constants, integers that are multiples of 16 and 16-byte-aligned
 pointers get divisibility hints; the launcher's own binder runs on stand-in tensors), compiles to a cubin for
 ``sm_{arch}`` on the CPU, and reads registers, spills and shared memory (``cuobjdump -res-usage``) and the SASS
-(``nvdisasm``) into a :class:`KernelStats`. FP fusion is pinned on, as the layer's launches pin it.
+(``nvdisasm``) into a :class:`KernelStats`. FP fusion is on, as the layer's launches pin it, unless a plan says
+otherwise (``fp_fusion=False``: the ``lif_parallel`` forward, whose float map must round as the sequential loop).
 
 Results are cached as JSON under ``~/.cache/spiking_ssm/kernel_stats`` (or ``$SPIKING_SSM_KERNEL_CACHE``), keyed by
 the kernel's source hash (Triton's ``cache_key``, which covers the helpers it calls), the specialisation, the
@@ -83,7 +84,7 @@ def stand_in(dtype: torch.dtype, aligned: bool = True) -> _StandIn:
     return _StandIn(dtype, 1 << 20 if aligned else (1 << 20) + torch.empty(0, dtype=dtype).element_size())
 
 
-def specialise(kernel, args: tuple, constants: dict, arch: int, num_warps: int):
+def specialise(kernel, args: tuple, constants: dict, arch: int, num_warps: int, fp_fusion: bool = True):
     """``(source, options)`` for ``kernel(*args, **constants)`` as Triton's launcher would compile it on sm_{arch}."""
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource, make_backend
@@ -91,7 +92,8 @@ def specialise(kernel, args: tuple, constants: dict, arch: int, num_warps: int):
 
     backend = make_backend(GPUTarget("cuda", arch, 32))
     binder = create_function_from_signature(kernel.signature, kernel.params, backend)
-    bound, specialization, options = binder(*args, **constants, num_warps=num_warps, enable_fp_fusion=True)
+    bound, specialization, options = binder(*args, **constants, num_warps=num_warps,
+                                           enable_fp_fusion=fp_fusion)
     options, signature, constexprs, attrs = kernel._pack_args(backend, options, bound, specialization, options)
     return ASTSource(kernel, signature, constexprs, attrs), options
 
@@ -120,7 +122,7 @@ def _resources(text: str) -> tuple[int, int, int]:
 
 
 def compile_for(kernel, args: tuple, constants: dict, arch: int, num_warps: int,
-                use_cache: bool = True) -> KernelStats:
+                use_cache: bool = True, fp_fusion: bool = True) -> KernelStats:
     """Compile ``kernel`` for sm_{arch} with the launcher's specialisation of ``args``; its :class:`KernelStats`.
 
     Raises whatever Triton's compiler raises for a kernel that does not compile.
@@ -130,7 +132,7 @@ def compile_for(kernel, args: tuple, constants: dict, arch: int, num_warps: int,
     folder = tools_dir()
     if folder is None:
         raise RuntimeError("triton's bundled cuobjdump/nvdisasm are not installed")
-    source, options = specialise(kernel, args, constants, arch, num_warps)
+    source, options = specialise(kernel, args, constants, arch, num_warps, fp_fusion)
     key = _cache_key(source, options, arch)
     path = cache_dir() / f"{kernel.__name__}-{key}.json"
     if use_cache and path.exists():

@@ -14,7 +14,7 @@ import dataclasses
 
 import torch
 
-from spiking_ssm.kernels import soma, vandermonde
+from spiking_ssm.kernels import lif_fixed_point, soma, vandermonde
 from spiking_ssm.kernels.offline import stand_in
 from spiking_ssm.kernels.roofline import Access
 
@@ -55,6 +55,8 @@ class Plan:
     access: Access
     max_registers: int
     max_instructions: float  # SASS instructions per element
+    fp_fusion: bool = True  # compiled with FMA contraction (as launched)
+    inner_runs: float | None = None  # expected runs per trip of loops nested in the main loop (None: once)
 
     @property
     def label(self) -> str:
@@ -135,6 +137,40 @@ def _s4d(shape: Shape, dtype, channels: int) -> list[Plan]:
     return forward + [backward]
 
 
+EXACT_CONFIGS = ((512, 1), (1024, 2))  # (BLOCK, num_warps) of the lif_parallel forward; the first is launched
+EXTRA_SCANS = 2.15  # scans per chunk beyond the first, measured: zero guess, N(0,1) currents, tau 0.125, BLOCK 512
+
+
+def _exact_lif(shape: Shape, dtype) -> list[Plan]:
+    """The ``lif_parallel`` soma: the fused fixed-point forward (zero guess, as ``guess=auto`` launches it) and the
+    BPTT backward. Rows are contiguous ``[N, L]`` (the soma makes them so). The forward's model counts the loops
+    nested in its chunk loop (the later scans, float map, replay) ``EXTRA_SCANS`` times per chunk, and the rest of
+    its rounding block every chunk, though it runs in few (pessimistic). Short rows (the odd shape) fill a fraction
+    of a chunk: looser budgets."""
+    n, length, size = shape.rows, shape.length, _size(dtype)
+    f64 = dtype == torch.float64
+    y, flags, counts = stand_in(dtype), stand_in(torch.uint8), stand_in(torch.int32)
+    long_rows = length >= lif_fixed_point.BLOCK
+    result = []
+    for block, warps in EXACT_CONFIGS if long_rows else EXACT_CONFIGS[:1]:
+        block = min(block, max(16, 1 << (length - 1).bit_length()))  # as lif_fixed_point.block_for
+        constants = dict(lif_fixed_point.constants(length, dtype, has_guess=False), BLOCK=block,
+                         LEVELS=block.bit_length())
+        args = (y, flags, y, flags, counts, length, shape.row_stride, y, 32, 0.0)
+        result.append(Plan("exact fwd", _describe({"BLOCK": block}, warps), dtype, lif_fixed_point._exact_lif_kernel,
+                           args, constants, warps, n * length, length / (32 * warps), -(-length // block),
+                           2 * size + 1, Access(block // (32 * warps) * size), max_registers=255,
+                           max_instructions=(240 if f64 else 180) if long_rows else (800 if f64 else 500),
+                           fp_fusion=False, inner_runs=EXTRA_SCANS))
+    block, warps = lif_fixed_point.REVERSE_BLOCK, lif_fixed_point.REVERSE_WARPS
+    args = (y, y, flags, y, length, y, y)
+    result.append(Plan("exact bwd", _describe({"BLOCK": block}, warps), dtype, lif_fixed_point._reverse_scan_kernel,
+                       args, dict(BLOCK=block, F64=f64), warps, n * length, length / (32 * warps),
+                       -(-length // block), 3 * size + 1, Access(block // (32 * warps) * size), max_registers=255,
+                       max_instructions=(45 if f64 else 30) if long_rows else (220 if f64 else 130)))
+    return result
+
+
 def plans(shape: Shape = BENCH, everything: bool = False) -> list[Plan]:
     """The launches to compile: the float32 benchmark set, or (``everything``) every dtype and flag too."""
     soma_dtypes = SOMA_DTYPES if everything else SOMA_DTYPES[:1]
@@ -143,6 +179,8 @@ def plans(shape: Shape = BENCH, everything: bool = False) -> list[Plan]:
     for dtype in soma_dtypes:
         result += _sdn(shape, dtype, store_g=True)
         result += _sltt(shape, dtype, store_g=True, store_v=False)
+        if dtype in (torch.float32, torch.float64):  # the exact soma computes in these
+            result += _exact_lif(shape, dtype)
     result += _sdn(shape, torch.float32, store_g=False) + _sltt(shape, torch.float32, store_g=False, store_v=False)
     if everything:
         result += _sltt(shape, torch.float32, store_g=True, store_v=True)

@@ -2,8 +2,9 @@
 global load and store with its width, immediate offset and whether its address is the same for all lanes.
 
 A loop is the address range of a backward branch (``BRA`` to an earlier address); an instruction is "in the loop"
-when any such range holds it. Counts are static (per thread, per program); :mod:`spiking_ssm.kernels.roofline`
-weights the loop part by the trip count the launch implies.
+when any such range holds it, and also "inner" when a range nested in another holds it. Counts are static (per
+thread, per program); :mod:`spiking_ssm.kernels.roofline` weights the loop part by the trip count the launch implies,
+and the inner part, where a plan gives one, by its own expected runs per trip.
 """
 
 from __future__ import annotations
@@ -41,16 +42,22 @@ def _kind(opcode: str) -> str:
 
 @dataclasses.dataclass
 class SassCounts:
-    """Static instruction counts outside (``straight``) and inside (``loop``) loops, by kind (``KINDS``), and
-    ``memory``: one ``[kind, bytes_per_lane, immediate_offset, uniform, in_loop]`` per global load/store."""
+    """Static instruction counts outside (``straight``) and inside (``loop``) loops, by kind (``KINDS``), the part
+    of ``loop`` inside loops nested in a loop (``inner``), and ``memory``: one ``[kind, bytes_per_lane,
+    immediate_offset, uniform, in_loop]`` per global load/store."""
 
     straight: dict
     loop: dict
     memory: list
+    inner: dict = dataclasses.field(default_factory=dict)
 
-    def count(self, kind: str, trips: float = 1.0) -> float:
-        """Dynamic count of ``kind`` per thread when the loop body runs ``trips`` times."""
-        return self.straight.get(kind, 0) + trips * self.loop.get(kind, 0)
+    def count(self, kind: str, trips: float = 1.0, inner_runs: float | None = None) -> float:
+        """Dynamic count of ``kind`` per thread when the loop body runs ``trips`` times, and each nested loop's
+        body ``inner_runs`` times per trip (None: once, as the outer body)."""
+        loop = self.loop.get(kind, 0)
+        if inner_runs is not None:
+            loop += (inner_runs - 1.0) * self.inner.get(kind, 0)
+        return self.straight.get(kind, 0) + trips * loop
 
 
 def _parse(text: str) -> tuple[list[tuple[int, str, str]], dict[str, int]]:
@@ -94,16 +101,21 @@ def count_sass(text: str) -> SassCounts:
     spans = _loops(rows, labels)
     straight = dict.fromkeys(KINDS, 0)
     loop = dict.fromkeys(KINDS, 0)
+    inner = dict.fromkeys(KINDS, 0)
     memory = []
     uniform: set[str] = set()  # registers holding a value every lane shares (from the constant bank)
     for address, opcode, operands in rows:
-        in_loop = any(lo <= address <= hi for lo, hi in spans if lo < hi)
+        depth = sum(lo <= address <= hi for lo, hi in spans if lo < hi)
+        in_loop = depth > 0
         kind = _kind(opcode)
         if opcode == "NOP" or (address, address) in spans:
             continue  # the self-branch and padding after EXIT
         counts = loop if in_loop else straight
         counts["total"] += 1
         counts[kind] += 1
+        if depth > 1:
+            inner["total"] += 1
+            inner[kind] += 1
         destination = operands.split(",")[0].strip()
         if kind in ("global_load", "global_store"):
             found = _MEMORY.search(re.sub(r"desc\[[^\]]*\]", "", operands))
@@ -118,4 +130,4 @@ def count_sass(text: str) -> SassCounts:
             uniform.update(registers)
         elif destination in uniform and kind not in ("global_store", "control"):
             uniform.discard(destination)
-    return SassCounts(straight, loop, memory)
+    return SassCounts(straight, loop, memory, inner)
