@@ -298,7 +298,7 @@ def test_speed_benchmark_verifies_and_prints_every_soma(capsys):
           "--verify", "--decompose"] + ([] if runtime.interpreter_on() or DEVICE.type == "cuda" else ["--device", "cpu"]))
     out = capsys.readouterr().out
     fused = runtime.triton_unavailable(DEVICE) is None
-    assert ("verify: FAIL" not in out) and (out.count("verify: ok") == 4 if fused else "verify: skipped" in out)
+    assert ("verify: FAIL" not in out) and (out.count("verify: ok") == 5 if fused else "verify: skipped" in out)
     for name in SOMAS:
         if fused or "fused" not in name:
             assert f"    16 {name}" in out
