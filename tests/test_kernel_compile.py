@@ -85,3 +85,22 @@ def test_wavefront_model():
     assert wavefronts(16, 0, False, Access(16)) == 4
     assert wavefronts(4, 0, False, Access(4, rows=True)) == 32  # a row per lane: a line per lane
     assert wavefronts(4, 12, True, Access(4, rows=True)) == 1  # the same address in every lane
+
+
+NESTED = """
+        /*0000*/                   MOV R0, RZ ;
+.L_x_0:
+        /*0010*/                   FADD R1, R1, R0 ;
+.L_x_1:
+        /*0020*/                   FMUL R2, R2, R1 ;
+        /*0030*/               @P0 BRA `(.L_x_1) ;
+        /*0040*/               @P1 BRA `(.L_x_0) ;
+        /*0050*/                   EXIT ;
+"""
+
+
+def test_sass_counts_weight_nested_loops_by_their_own_runs():
+    counts = count_sass(NESTED)
+    assert counts.loop["total"] == 4 and counts.inner["total"] == 2 and counts.inner["fp"] == 1
+    assert counts.count("total", trips=10) == 2 + 10 * 4  # nested body once per trip, as before (MOV, EXIT straight)
+    assert counts.count("total", trips=10, inner_runs=3.0) == 2 + 10 * (2 + 3 * 2)

@@ -23,7 +23,8 @@ the most scans a chunk took, the float-map steps, capped chunks (and their spike
 sequential steps taken: :func:`fixed_point` returns them as :class:`~spiking_ssm.lif_scan.FixedPointStats`.
 
 :func:`bptt_gradient` (``_reverse_scan_kernel``): ``g_t = grad_t sg'(h_t - 1) + tau (1 - s_t) g_{t+1}``, the
-surrogate factor computed from the saved membrane in the same pass as the reversed scan. Both tested against the torch reference through ``TRITON_INTERPRET=1`` on CPU.
+surrogate factor computed from the saved membrane in the same pass as the reversed scan. Both tested against the
+torch reference through ``TRITON_INTERPRET=1`` on CPU.
 """
 
 from __future__ import annotations
@@ -209,7 +210,8 @@ def fixed_point(y: torch.Tensor, guess: torch.Tensor | None, tau: float, max_ite
     (``finish``) or left as it is. ``sweep`` is the torch driver's and unused here. ``extra_margin`` widens the
     doubtful band around the threshold (tests use it to send many steps through the float map; any value gives
     the same spikes); ``block`` sets the chunk length (default :func:`block_for`; tests use short chunks to cross
-    many chunk boundaries cheaply). Returns ``(spikes, h, stats)``. The doubtful band is :func:`spiking_ssm.lif_scan.rounding_margin`
+    many chunk boundaries cheaply). Returns ``(spikes, h, stats)``. The doubtful band is
+    :func:`spiking_ssm.lif_scan.rounding_margin`
     with the chunk's carry (which passes its rounding on, decayed by ``tau`` per step) and the peak
     ``|h| <= max|y| / (1 - tau)``, ``max|y|`` taken over the steps so far."""
     del sweep
