@@ -1,6 +1,7 @@
 """Fused Triton kernels of the ``lif_parallel`` soma: the whole exact forward in one launch, and the BPTT scan.
 
-Rows ``[N, L]`` (time last, contiguous), one program per row, time in chunks of ``BLOCK`` steps held in registers.
+Rows ``[N, L]`` (time last; the currents' rows may lie apart, as the layer's FFT slice does), one program per row,
+time in chunks of ``BLOCK`` steps held in registers.
 
 :func:`fixed_point` (forward, ``_exact_lif_kernel``), per chunk, with the exact post-reset membrane ``u`` carried
 from the chunk before:
@@ -29,6 +30,7 @@ torch reference through ``TRITON_INTERPRET=1`` on CPU.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -188,6 +190,12 @@ def unsupported() -> str | None:
     return None if triton is not None else "Triton is not installed"
 
 
+@functools.lru_cache(maxsize=64)
+def _scalar(value: float, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """``[value]`` on ``device``, built once (a copy to the GPU per call would wait for its queue)."""
+    return torch.tensor([value], dtype=dtype, device=device)
+
+
 def block_for(length: int) -> int:
     """Chunk length for rows of ``length``: ``BLOCK``, or the power of two (at least 16) that holds a shorter row."""
     return min(BLOCK, max(16, 1 << max(length - 1, 0).bit_length()))
@@ -211,9 +219,8 @@ def fixed_point(y: torch.Tensor, guess: torch.Tensor | None, tau: float, max_ite
     doubtful band around the threshold (tests use it to send many steps through the float map; any value gives
     the same spikes); ``block`` sets the chunk length (default :func:`block_for`; tests use short chunks to cross
     many chunk boundaries cheaply). Returns ``(spikes, h, stats)``. The doubtful band is
-    :func:`spiking_ssm.lif_scan.rounding_margin`
-    with the chunk's carry (which passes its rounding on, decayed by ``tau`` per step) and the peak
-    ``|h| <= max|y| / (1 - tau)``, ``max|y|`` taken over the steps so far."""
+    :func:`spiking_ssm.lif_scan.rounding_margin` with the chunk's carry (which passes its rounding on, decayed by
+    ``tau`` per step) and the peak ``|h| <= max|y| / (1 - tau)``, ``max|y|`` taken over the steps so far."""
     del sweep
     y = y if y.stride(-1) == 1 else y.contiguous()  # rows may be apart: the layer's currents are an FFT slice
     n, length = y.shape
@@ -223,7 +230,7 @@ def fixed_point(y: torch.Tensor, guess: torch.Tensor | None, tau: float, max_ite
     if n and length:
         has_guess = guess is not None
         guess_bytes = guess.contiguous().view(torch.uint8) if has_guess else spikes.view(torch.uint8)
-        tau_t = torch.tensor([tau], dtype=y.dtype, device=y.device)
+        tau_t = _scalar(tau, y.dtype, y.device)
         _exact_lif_kernel[(n,)](y, guess_bytes, h, spikes.view(torch.uint8), per_row, length, y.stride(0), tau_t,
                                 int(max_iters), float(extra_margin),
                                 **constants(length, y.dtype, has_guess, finish, block),
@@ -257,7 +264,7 @@ def bptt_gradient(grad_spikes: torch.Tensor, h: torch.Tensor, spikes: torch.Tens
     out = torch.empty_like(h)
     n, length = h.shape
     if n and length:
-        tau_t, alpha_t = (torch.tensor([v], dtype=h.dtype, device=h.device) for v in (tau, alpha))
+        tau_t, alpha_t = (_scalar(v, h.dtype, h.device) for v in (tau, alpha))
         _reverse_scan_kernel[(n,)](grad, h.contiguous(), spikes.contiguous().view(torch.uint8), out, length, tau_t,
                                    alpha_t, BLOCK=REVERSE_BLOCK, F64=h.dtype == torch.float64,
                                    num_warps=REVERSE_WARPS)
