@@ -45,7 +45,7 @@ def evaluate(plan, arch: int, use_cache: bool = True) -> dict:
         row["traceback"] = traceback.format_exc()[-2000:]
         return row
     cost = model(stats.sass, elements=plan.elements, elements_per_thread=plan.elements_per_thread, trips=plan.trips,
-                 bytes_per_element=plan.bytes_per_element, access=plan.access, inner_runs=plan.inner_runs)
+                 bytes_per_element=plan.bytes_per_element, access=plan.access, runs=plan.runs)
     row.update(registers=stats.registers, spill_bytes=stats.spill_bytes, shared_bytes=stats.shared_bytes,
                barriers=stats.sass.count("barrier", plan.trips), **{k: getattr(cost, k) for k in (
                    "instructions", "ffma", "loads", "stores", "wavefronts", "bytes", "issue_ms", "l1_ms", "dram_ms")},

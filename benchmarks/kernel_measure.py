@@ -68,7 +68,7 @@ def _exact_launcher(name: str, kwargs: dict, warps: int):
         counts = torch.zeros(n, len(lif_fixed_point.STATS), dtype=torch.int32, device=cuda)
         constants = dict(lif_fixed_point.constants(length, torch.float32, has_guess=False, block=kwargs["BLOCK"]))
         return lambda: lif_fixed_point._exact_lif_kernel[(n,)](
-            y, spikes, h, spikes, counts, length, y.stride(0), tau, 32, 0.0, **constants, num_warps=warps,
+            y, spikes, h, spikes, counts, length, y.stride(0), tau, 32, 0.0, 2, **constants, num_warps=warps,
             enable_fp_fusion=False)
     y = y.contiguous()  # the backward reads the saved membrane: contiguous rows
     alpha, grad, out = torch.tensor([1.0], device=cuda), torch.randn_like(y), torch.empty_like(y)

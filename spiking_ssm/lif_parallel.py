@@ -72,8 +72,8 @@ class ParallelLIFNeuron(base.MemoryModule):
     ``sdn`` when weights for ``tau`` exist (each scan is a pass over memory: fewer scans pay for the SDN), in the
     fused kernel ``zero`` (its scans run on registers: about two more per chunk cost less than the SDN's pass;
     spikes are identical either way). ``max_iters``: scans per call (per chunk in the fused kernel) before the rows
-    still changing are reported (and, with ``finish_sequential``, run sequentially). ``sweep`` (torch only):
-    sequential steps each changed row runs after each scan from its first corrected spike (see
+    still changing are reported (and, with ``finish_sequential``, run sequentially). ``sweep``: sequential steps each
+    changed row (fused kernel: chunk, from its 5th scan) runs after each scan from its first corrected spike (see
     :func:`~spiking_ssm.lif_scan.fixed_point`; smooth currents need it). ``last_stats`` holds the latest call's
     :class:`~spiking_ssm.lif_scan.FixedPointStats`; training calls accumulate into :meth:`pop_epoch_statistics`.
     """
@@ -174,7 +174,8 @@ class ParallelLIFNeuron(base.MemoryModule):
 
     def _solve_triton(self, rows: torch.Tensor, kernels):
         guess = self.initial_guess(rows) if self.guess_setting == "sdn" else None  # auto: see the class docstring
-        spikes, h, stats = kernels.fixed_point(rows, guess, self.tau, self.max_iters, self.finish_sequential)
+        spikes, h, stats = kernels.fixed_point(rows, guess, self.tau, self.max_iters, self.finish_sequential,
+                                               self.sweep)
         self._record(stats, rows)
         return spikes, h
 

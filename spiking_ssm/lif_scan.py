@@ -109,6 +109,7 @@ class FixedPointStats:
     guess_errors: int = -1  # spikes the guess got wrong (filled in when measured)
     notes: list[str] = field(default_factory=list)
     chunk_scans: torch.Tensor | None = None  # fused kernel only: scans over all chunks of each row
+    sweeps: int = 0  # fused kernel only: sequential sweeps taken (over all chunks)
 
     @property
     def scans(self) -> int:

@@ -75,8 +75,8 @@ def test_sass_counts_loops_widths_and_uniform_loads():
     assert counts.loop["total"] == 4 and counts.loop["ffma"] == 1 and counts.loop["global_load"] == 1
     assert counts.straight["total"] == 5 and counts.straight["barrier"] == 1  # the trailing self-branch: padding
     assert counts.count("total", trips=10) == 45
-    assert counts.memory == [["global_load", 4, 4, True, False], ["global_load", 16, -32, False, True],
-                             ["global_store", 2, 0, False, True]]
+    assert counts.memory == [["global_load", 4, 4, True, 0], ["global_load", 16, -32, False, 1],
+                             ["global_store", 2, 0, False, 1]]
 
 
 def test_wavefront_model():
@@ -101,6 +101,7 @@ NESTED = """
 
 def test_sass_counts_weight_nested_loops_by_their_own_runs():
     counts = count_sass(NESTED)
-    assert counts.loop["total"] == 4 and counts.inner["total"] == 2 and counts.inner["fp"] == 1
+    assert counts.loop["total"] == 4 and counts.nested["2"]["total"] == 2 and counts.nested["2"]["fp"] == 1
     assert counts.count("total", trips=10) == 2 + 10 * 4  # nested body once per trip, as before (MOV, EXIT straight)
-    assert counts.count("total", trips=10, inner_runs=3.0) == 2 + 10 * (2 + 3 * 2)
+    assert counts.count("total", trips=10, runs={2: 3.0}) == 2 + 10 * (2 + 3 * 2)
+    assert counts.count("total", trips=10, runs={3: 5.0}) == 2 + 10 * 4  # no code that deep

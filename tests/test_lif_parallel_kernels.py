@@ -59,6 +59,20 @@ def test_the_launched_chunk_length():
     assert torch.equal(stats.chunk_scans[2:] > stats.row_scans[2:], torch.ones(3, dtype=torch.bool))  # 2 chunks
 
 
+def test_sweeps_shorten_chains_of_regular_firing():
+    """Smooth currents fire regularly: each scan moves one spike of the chain; a sweep walks the rest of the chunk
+    sequentially for the next guess, so a chunk settles in a few scans, exactly as before."""
+    g = torch.Generator().manual_seed(0)
+    y = (torch.randn(4, 300, generator=g, dtype=torch.float64) * 0.3 + 0.45).to(DEVICE)
+    exact, _ = _sequential(y, 0.5)
+    plain = lif_fixed_point.fixed_point(y, None, 0.5, 200, block=BLOCK)
+    swept = lif_fixed_point.fixed_point(y, None, 0.5, 200, sweep=BLOCK, block=BLOCK)
+    assert torch.equal(plain[0], exact) and torch.equal(swept[0], exact)
+    assert plain[2].sweeps == 0 and swept[2].sweeps > 0
+    assert plain[2].scans > lif_fixed_point.SWEEP_AFTER + 2 >= swept[2].scans
+    assert swept[2].chunk_scans.sum() < plain[2].chunk_scans.sum()
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_the_rounding_path_is_the_sequential_neuron_bit_for_bit(dtype):
     """A wide doubtful band sends steps through the float map, from the latest reset (replaying earlier chunks when

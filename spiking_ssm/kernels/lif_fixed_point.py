@@ -41,7 +41,8 @@ from spiking_ssm.kernels.runtime import triton
 BLOCK = 512  # time steps per chunk (fewer for shorter rows)
 NUM_WARPS = 1  # a warp per row: 16 steps per thread, no barriers
 REVERSE_BLOCK, REVERSE_WARPS = 512, 1  # the backward scan's
-STATS = ("most_scans", "scans", "polish", "capped", "capped_flips", "sequential")  # per row, in this order
+SWEEP_AFTER = 4  # scans of a chunk before sequential sweeps start (i.i.d. currents rarely need more than 4)
+STATS = ("most_scans", "scans", "polish", "capped", "capped_flips", "sequential", "sweeps")  # per row, this order
 
 if triton is not None:
     import triton.language as tl
@@ -67,9 +68,33 @@ if triton is not None:
         return tau * u_prev + y
 
     @triton.jit
+    def _sweep(new, s, h, y_row, start, L, tau, offs, words, BLOCK: tl.constexpr):
+        """``new`` with the ``32 words`` steps after its first change from ``s`` replaced by the sequential neuron's
+        spikes from there: up to that change ``new`` is exact (the guess agreed with its own consequence before it),
+        and in a chain of regular firing every later spike moves, one per scan. Only a guess: the next scan judges
+        it. The steps are scalar; each 32 of them are packed into one word and merged into ``new`` at once."""
+        f = tl.min(tl.where(new != s, offs, BLOCK), 0)
+        h_f = tl.sum(tl.where(offs == f, h, 0.0), 0)
+        u = tl.where(h_f >= 1.0, 0.0, h_f)
+        for word in range(0, words):  # a runtime count: the 32 steps unroll, the words do not
+            low = f + 1 + 32 * word
+            bits = tl.zeros([], dtype=tl.int32)
+            for j in range(0, 32):
+                at = low + j
+                y_at = tl.load(y_row + start + at, mask=(at < BLOCK) & (start + at < L), other=0.0).to(h.dtype)
+                h_at = tau * u + y_at
+                spike = h_at >= 1.0
+                bits = bits | (spike.to(tl.int32) << j)
+                u = tl.where(spike, 0.0, h_at)
+            shift = tl.minimum(tl.maximum(offs - low, 0), 31)
+            new = tl.where((offs >= low) & (offs < low + 32), (bits >> shift) & 1, new)
+        return new
+
+    @triton.jit
     def _exact_lif_kernel(y_ptr, guess_ptr, h_ptr, s_ptr, stats_ptr, L, y_stride, tau_ptr, max_scans, extra_margin,
-                          BLOCK: tl.constexpr, LEVELS: tl.constexpr, EPS: tl.constexpr, F64: tl.constexpr,
-                          HAS_GUESS: tl.constexpr, FINISH: tl.constexpr):
+                          sweep_words, BLOCK: tl.constexpr, LEVELS: tl.constexpr, EPS: tl.constexpr,
+                          F64: tl.constexpr, HAS_GUESS: tl.constexpr, FINISH: tl.constexpr,
+                          SWEEP_AFTER: tl.constexpr):
         dt: tl.constexpr = tl.float64 if F64 else tl.float32
         tau = tl.load(tau_ptr).to(dt)  # a tensor, not a Triton float argument (that would be float32)
         spread = 1.0 / (1.0 - tau)  # the most a carried rounding error (or |y|) adds up to over the past
@@ -88,6 +113,7 @@ if triton is not None:
         capped = tl.zeros([], dtype=tl.int32)
         capped_flips = tl.zeros([], dtype=tl.int32)
         sequential = tl.zeros([], dtype=tl.int32)
+        sweeps = tl.zeros([], dtype=tl.int32)
         for start in range(0, L, BLOCK):
             t = start + offs
             inside = t < L
@@ -110,6 +136,9 @@ if triton is not None:
             flips = tl.sum(new ^ s, 0)
             scans = tl.full([], 1, tl.int32)
             while (flips > 0) & (scans < max_scans):
+                if (scans >= SWEEP_AFTER) & (sweep_words > 0):  # a chain (regular firing): walk it sequentially
+                    new = _sweep(new, s, h, y_row, start, L, tau, offs, sweep_words, BLOCK)
+                    sweeps += 1
                 s = new
                 h = _membrane(s, b, tau, first, prev)
                 new = (h >= 1.0).to(tl.int32)
@@ -151,13 +180,14 @@ if triton is not None:
             last_spike = tl.maximum(last_spike, tl.max(tl.where(s != 0, t, -1), 0))
             last = tl.minimum(L - start, BLOCK) - 1
             u_carry = tl.sum(tl.where(offs == last, tl.where(s != 0, 0.0, h), 0.0), 0)
-        out = stats_ptr + row * 6
+        out = stats_ptr + row * 7
         tl.store(out, most_scans)
         tl.store(out + 1, all_scans)
         tl.store(out + 2, polish)
         tl.store(out + 3, capped)
         tl.store(out + 4, capped_flips)
         tl.store(out + 5, sequential)
+        tl.store(out + 6, sweeps)
 
     @triton.jit
     def _reverse_scan_kernel(grad_ptr, h_ptr, s_ptr, g_ptr, L, tau_ptr, alpha_ptr, BLOCK: tl.constexpr,
@@ -208,20 +238,21 @@ def constants(length: int, dtype: torch.dtype, has_guess: bool, finish: bool = T
     if block < 16 or block & (block - 1):
         raise ValueError(f"chunk length {block} must be a power of two >= 16")
     return dict(BLOCK=block, LEVELS=int(math.log2(block)) + 1, EPS=torch.finfo(dtype).eps,
-                F64=dtype == torch.float64, HAS_GUESS=bool(has_guess), FINISH=bool(finish))
+                F64=dtype == torch.float64, HAS_GUESS=bool(has_guess), FINISH=bool(finish), SWEEP_AFTER=SWEEP_AFTER)
 
 
 def fixed_point(y: torch.Tensor, guess: torch.Tensor | None, tau: float, max_iters: int, finish: bool = True,
                 sweep: int = 0, extra_margin: float = 0.0, block: int | None = None):
     """Exact spikes (bool) and pre-reset membrane of rows ``y [N, L]`` (float32/float64) in one launch; ``guess``
     ``[N, L]`` bool or None (no spikes). ``max_iters``: scans per chunk before it is finished by the float map
-    (``finish``) or left as it is. ``sweep`` is the torch driver's and unused here. ``extra_margin`` widens the
+    (``finish``) or left as it is. ``sweep``: from the ``SWEEP_AFTER``-th scan of a chunk on, the guess for the
+    next scan takes ``sweep`` sequential steps (rounded up to a multiple of 32) after the first corrected spike
+    (0: none). ``extra_margin`` widens the
     doubtful band around the threshold (tests use it to send many steps through the float map; any value gives
     the same spikes); ``block`` sets the chunk length (default :func:`block_for`; tests use short chunks to cross
     many chunk boundaries cheaply). Returns ``(spikes, h, stats)``. The doubtful band is
     :func:`spiking_ssm.lif_scan.rounding_margin` with the chunk's carry (which passes its rounding on, decayed by
     ``tau`` per step) and the peak ``|h| <= max|y| / (1 - tau)``, ``max|y|`` taken over the steps so far."""
-    del sweep
     y = y if y.stride(-1) == 1 else y.contiguous()  # rows may be apart: the layer's currents are an FFT slice
     n, length = y.shape
     h = torch.empty(n, length, dtype=y.dtype, device=y.device)
@@ -232,7 +263,7 @@ def fixed_point(y: torch.Tensor, guess: torch.Tensor | None, tau: float, max_ite
         guess_bytes = guess.contiguous().view(torch.uint8) if has_guess else spikes.view(torch.uint8)
         tau_t = _scalar(tau, y.dtype, y.device)
         _exact_lif_kernel[(n,)](y, guess_bytes, h, spikes.view(torch.uint8), per_row, length, y.stride(0), tau_t,
-                                int(max_iters), float(extra_margin),
+                                int(max_iters), float(extra_margin), -(-int(sweep) // 32),
                                 **constants(length, y.dtype, has_guess, finish, block),
                                 num_warps=NUM_WARPS, enable_fp_fusion=False)
     return spikes, h, _stats(per_row, n, length, finish, block or block_for(length))
@@ -243,7 +274,8 @@ def _stats(per_row: torch.Tensor, n: int, length: int, finish: bool, block: int)
     read of the totals): ``row_scans`` = the most scans a chunk of the row took, ``row_polish`` = float-map steps."""
     per_row = per_row.long()
     stats = lif_scan.FixedPointStats(per_row[:, 0], per_row[:, 2], chunk_scans=per_row[:, 1])
-    capped, flips, sequential = (int(v) for v in per_row[:, 3:].sum(dim=0).tolist()) if n else (0, 0, 0)
+    capped, flips, sequential, sweeps = (int(v) for v in per_row[:, 3:].sum(dim=0).tolist()) if n else (0,) * 4
+    stats.sweeps = sweeps
     if capped:
         stats.capped = stats.spike_capped = capped
         stats.capped_changes = -1  # not counted: the float map settles the chunk without comparing

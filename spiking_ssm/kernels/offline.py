@@ -101,7 +101,7 @@ def specialise(kernel, args: tuple, constants: dict, arch: int, num_warps: int, 
 def _cache_key(source, options, arch: int) -> str:
     import triton
 
-    text = f"{source.hash()}|{sorted(options.__dict__.items())}|{arch}|{triton.__version__}|sass-v1"
+    text = f"{source.hash()}|{sorted(options.__dict__.items())}|{arch}|{triton.__version__}|sass-v2"
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 

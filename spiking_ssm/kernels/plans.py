@@ -56,7 +56,7 @@ class Plan:
     max_registers: int
     max_instructions: float  # SASS instructions per element
     fp_fusion: bool = True  # compiled with FMA contraction (as launched)
-    inner_runs: float | None = None  # expected runs per trip of loops nested in the main loop (None: once)
+    runs: dict[int, float] | None = None  # expected runs per trip of code nested d loops deep (None: once)
 
     @property
     def label(self) -> str:
@@ -137,16 +137,18 @@ def _s4d(shape: Shape, dtype, channels: int) -> list[Plan]:
     return forward + [backward]
 
 
-EXACT_CONFIGS = ((512, 1), (1024, 2))  # (BLOCK, num_warps) of the lif_parallel forward; the first is launched
-EXTRA_SCANS = 2.15  # scans per chunk beyond the first, measured: zero guess, N(0,1) currents, tau 0.125, BLOCK 512
+EXACT_CONFIGS = ((512, 1),)  # (BLOCK, num_warps) of the lif_parallel forward as launched
+EXTRA_SCANS = 2.2  # scans per chunk beyond the first, measured: zero guess, N(0,1) currents, tau 0.125, BLOCK 512
+SWEEP_WORDS = 0.02  # 32-step sweep words per chunk, measured the same way (0.010 sweeps of 64 steps per chunk)
 
 
 def _exact_lif(shape: Shape, dtype) -> list[Plan]:
     """The ``lif_parallel`` soma: the fused fixed-point forward (zero guess, as ``guess=auto`` launches it) and the
-    BPTT backward. Rows are contiguous ``[N, L]`` (the soma makes them so). The forward's model counts the loops
-    nested in its chunk loop (the later scans, float map, replay) ``EXTRA_SCANS`` times per chunk, and the rest of
-    its rounding block every chunk, though it runs in few (pessimistic). Short rows (the odd shape) fill a fraction
-    of a chunk: looser budgets."""
+    BPTT backward, launched with the soma's default ``sweep=64``. The forward's currents are the layer's FFT slice.
+    Its model counts the loops nested in its chunk loop (the later scans, the float map) ``EXTRA_SCANS`` times per
+    chunk, those nested deeper (the sweeps' words, the replay) ``SWEEP_WORDS`` times, and the rest of its rounding
+    block every chunk, though it runs in few (pessimistic). Short rows (the odd shape) fill a fraction of a chunk:
+    looser budgets."""
     n, length, size = shape.rows, shape.length, _size(dtype)
     f64 = dtype == torch.float64
     y, flags, counts = stand_in(dtype), stand_in(torch.uint8), stand_in(torch.int32)
@@ -156,12 +158,12 @@ def _exact_lif(shape: Shape, dtype) -> list[Plan]:
         block = min(block, max(16, 1 << (length - 1).bit_length()))  # as lif_fixed_point.block_for
         constants = dict(lif_fixed_point.constants(length, dtype, has_guess=False), BLOCK=block,
                          LEVELS=block.bit_length())
-        args = (y, flags, y, flags, counts, length, shape.row_stride, y, 32, 0.0)
+        args = (y, flags, y, flags, counts, length, shape.row_stride, y, 32, 0.0, 2)
         result.append(Plan("exact fwd", _describe({"BLOCK": block}, warps), dtype, lif_fixed_point._exact_lif_kernel,
                            args, constants, warps, n * length, length / (32 * warps), -(-length // block),
                            2 * size + 1, Access(block // (32 * warps) * size), max_registers=255,
-                           max_instructions=(240 if f64 else 180) if long_rows else (800 if f64 else 500),
-                           fp_fusion=False, inner_runs=EXTRA_SCANS))
+                           max_instructions=(240 if f64 else 180) if long_rows else (800 if f64 else 550),
+                           fp_fusion=False, runs={2: EXTRA_SCANS, 3: SWEEP_WORDS}))
     block, warps = lif_fixed_point.REVERSE_BLOCK, lif_fixed_point.REVERSE_WARPS
     args = (y, y, flags, y, length, y, y)
     result.append(Plan("exact bwd", _describe({"BLOCK": block}, warps), dtype, lif_fixed_point._reverse_scan_kernel,

@@ -62,18 +62,18 @@ class Model:
 
 
 def model(sass: SassCounts, *, elements: int, elements_per_thread: float, trips: float, bytes_per_element: float,
-          access: Access, inner_runs: float | None = None) -> Model:
+          access: Access, runs: dict[int, float] | None = None) -> Model:
     """The modelled cost of ``elements`` elements, each thread handling ``elements_per_thread`` of them with the
-    loop body run ``trips`` times (loops nested in it ``inner_runs`` times per trip, when given)."""
+    loop body run ``trips`` times (code nested ``d`` loops deep ``runs[d]`` times per trip, when given)."""
     per = 1.0 / elements_per_thread
-    lines = sum(wavefronts(width, offset, uniform, access) * (trips if in_loop else 1.0)
-                for _, width, offset, uniform, in_loop in sass.memory)
-    lines += sass.count("shared", trips, inner_runs)
-    instructions = sass.count("total", trips, inner_runs) * per
+    lines = sum(wavefronts(width, offset, uniform, access) * (trips * sass.weight(depth, runs) if depth else 1.0)
+                for _, width, offset, uniform, depth in sass.memory)
+    lines += sass.count("shared", trips, runs)
+    instructions = sass.count("total", trips, runs) * per
     wave = lines / (32 * elements_per_thread)
-    return Model(instructions=instructions, ffma=sass.count("ffma", trips, inner_runs) * per,
-                 loads=sass.count("global_load", trips, inner_runs) * per,
-                 stores=sass.count("global_store", trips, inner_runs) * per,
+    return Model(instructions=instructions, ffma=sass.count("ffma", trips, runs) * per,
+                 loads=sass.count("global_load", trips, runs) * per,
+                 stores=sass.count("global_store", trips, runs) * per,
                  wavefronts=wave, bytes=bytes_per_element,
                  issue_ms=1e3 * elements * instructions / 32 / (SMS * ISSUE_PER_CLOCK * CLOCK_HZ),
                  l1_ms=1e3 * elements * wave / (SMS * L1_PER_CLOCK * CLOCK_HZ),

@@ -2,9 +2,9 @@
 global load and store with its width, immediate offset and whether its address is the same for all lanes.
 
 A loop is the address range of a backward branch (``BRA`` to an earlier address); an instruction is "in the loop"
-when any such range holds it, and also "inner" when a range nested in another holds it. Counts are static (per
-thread, per program); :mod:`spiking_ssm.kernels.roofline` weights the loop part by the trip count the launch implies,
-and the inner part, where a plan gives one, by its own expected runs per trip.
+when any such range holds it; its depth is how many ranges hold it (2 inside a loop nested in a loop). Counts are
+static (per thread, per program); :mod:`spiking_ssm.kernels.roofline` weights the loop part by the trip count the
+launch implies, and the deeper parts, where a plan gives them, by their own expected runs per trip.
 """
 
 from __future__ import annotations
@@ -42,21 +42,32 @@ def _kind(opcode: str) -> str:
 
 @dataclasses.dataclass
 class SassCounts:
-    """Static instruction counts outside (``straight``) and inside (``loop``) loops, by kind (``KINDS``), the part
-    of ``loop`` inside loops nested in a loop (``inner``), and ``memory``: one ``[kind, bytes_per_lane,
-    immediate_offset, uniform, in_loop]`` per global load/store."""
+    """Static instruction counts outside (``straight``) and inside (``loop``) loops, by kind (``KINDS``), the parts
+    of ``loop`` at depth 2, 3, ... (``nested["2"]``: inside a loop nested in a loop), and ``memory``: one ``[kind,
+    bytes_per_lane, immediate_offset, uniform, depth]`` per global load/store (depth 0: straight code; older
+    cached counts hold a bool there, in a loop or not)."""
 
     straight: dict
     loop: dict
     memory: list
-    inner: dict = dataclasses.field(default_factory=dict)
+    nested: dict = dataclasses.field(default_factory=dict)
 
-    def count(self, kind: str, trips: float = 1.0, inner_runs: float | None = None) -> float:
-        """Dynamic count of ``kind`` per thread when the loop body runs ``trips`` times, and each nested loop's
-        body ``inner_runs`` times per trip (None: once, as the outer body)."""
+    @staticmethod
+    def weight(depth: int, runs: dict[int, float] | None) -> float:
+        """Runs per trip of code ``depth`` loops deep (1 at depth 1; deeper: ``runs[d]`` or the nearest shallower
+        given, else 1)."""
+        weight = 1.0
+        for level in range(2, int(depth) + 1):
+            weight = (runs or {}).get(level, weight)
+        return weight
+
+    def count(self, kind: str, trips: float = 1.0, runs: dict[int, float] | None = None) -> float:
+        """Dynamic count of ``kind`` per thread when the loop body runs ``trips`` times and, with ``runs``, the
+        code at depth ``d`` runs ``runs[d]`` times per trip (a depth not in ``runs`` takes the nearest shallower
+        one's; without ``runs`` every depth runs once per trip, as the outer body)."""
         loop = self.loop.get(kind, 0)
-        if inner_runs is not None:
-            loop += (inner_runs - 1.0) * self.inner.get(kind, 0)
+        for depth, counts in self.nested.items():
+            loop += (self.weight(int(depth), runs) - 1.0) * counts.get(kind, 0)
         return self.straight.get(kind, 0) + trips * loop
 
 
@@ -101,7 +112,7 @@ def count_sass(text: str) -> SassCounts:
     spans = _loops(rows, labels)
     straight = dict.fromkeys(KINDS, 0)
     loop = dict.fromkeys(KINDS, 0)
-    inner = dict.fromkeys(KINDS, 0)
+    nested: dict[str, dict] = {}
     memory = []
     uniform: set[str] = set()  # registers holding a value every lane shares (from the constant bank)
     for address, opcode, operands in rows:
@@ -114,14 +125,15 @@ def count_sass(text: str) -> SassCounts:
         counts["total"] += 1
         counts[kind] += 1
         if depth > 1:
-            inner["total"] += 1
-            inner[kind] += 1
+            counts_at = nested.setdefault(str(depth), dict.fromkeys(KINDS, 0))
+            counts_at["total"] += 1
+            counts_at[kind] += 1
         destination = operands.split(",")[0].strip()
         if kind in ("global_load", "global_store"):
             found = _MEMORY.search(re.sub(r"desc\[[^\]]*\]", "", operands))
             base, offset = (found.group(1), int(found.group(2) or "0", 16 if "x" in (found.group(2) or "") else 10)) \
                 if found else ("", 0)
-            memory.append([kind, _width(opcode), offset, base.startswith("UR") or base in uniform, in_loop])
+            memory.append([kind, _width(opcode), offset, base.startswith("UR") or base in uniform, depth])
         if opcode.startswith(("LDC", "ULDC")) or (opcode.startswith(("MOV", "IMAD.U32")) and "UR" in operands
                                                    and "R" == destination[:1]):
             registers = [destination]
@@ -130,4 +142,4 @@ def count_sass(text: str) -> SassCounts:
             uniform.update(registers)
         elif destination in uniform and kind not in ("global_store", "control"):
             uniform.discard(destination)
-    return SassCounts(straight, loop, memory, inner)
+    return SassCounts(straight, loop, memory, nested)
