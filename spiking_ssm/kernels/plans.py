@@ -137,7 +137,6 @@ def _s4d(shape: Shape, dtype, channels: int) -> list[Plan]:
     return forward + [backward]
 
 
-EXACT_CONFIGS = ((512, 1),)  # (BLOCK, num_warps) of the lif_parallel forward as launched
 EXTRA_SCANS = 2.2  # scans per chunk beyond the first, measured: zero guess, N(0,1) currents, tau 0.125, BLOCK 512
 SWEEP_WORDS = 0.02  # 32-step sweep words per chunk, measured the same way (0.010 sweeps of 64 steps per chunk)
 
@@ -145,32 +144,28 @@ SWEEP_WORDS = 0.02  # 32-step sweep words per chunk, measured the same way (0.01
 def _exact_lif(shape: Shape, dtype) -> list[Plan]:
     """The ``lif_parallel`` soma: the fused fixed-point forward (zero guess, as ``guess=auto`` launches it) and the
     BPTT backward, launched with the soma's default ``sweep=64``. The forward's currents are the layer's FFT slice.
-    Its model counts the loops nested in its chunk loop (the later scans, the float map) ``EXTRA_SCANS`` times per
-    chunk, those nested deeper (the sweeps' words, the replay) ``SWEEP_WORDS`` times, and the rest of its rounding
-    block every chunk, though it runs in few (pessimistic). Short rows (the odd shape) fill a fraction of a chunk:
-    looser budgets."""
+    Its model counts the code one loop deeper than its chunk loop (the later scans, the float map, the replay)
+    ``EXTRA_SCANS`` times per chunk, the code two deeper (a sweep's steps) ``SWEEP_WORDS`` times, and the rest of its
+    rounding block every chunk, though it runs in few (pessimistic). Short rows (the odd shape) fill a fraction of a
+    chunk: looser budgets."""
     n, length, size = shape.rows, shape.length, _size(dtype)
     f64 = dtype == torch.float64
     y, flags, counts = stand_in(dtype), stand_in(torch.uint8), stand_in(torch.int32)
     long_rows = length >= lif_fixed_point.BLOCK
-    result = []
-    for block, warps in EXACT_CONFIGS if long_rows else EXACT_CONFIGS[:1]:
-        block = min(block, max(16, 1 << (length - 1).bit_length()))  # as lif_fixed_point.block_for
-        constants = dict(lif_fixed_point.constants(length, dtype, has_guess=False), BLOCK=block,
-                         LEVELS=block.bit_length())
-        args = (y, flags, y, flags, counts, length, shape.row_stride, y, 32, 0.0, 2)
-        result.append(Plan("exact fwd", _describe({"BLOCK": block}, warps), dtype, lif_fixed_point._exact_lif_kernel,
-                           args, constants, warps, n * length, length / (32 * warps), -(-length // block),
-                           2 * size + 1, Access(block // (32 * warps) * size), max_registers=255,
-                           max_instructions=(240 if f64 else 180) if long_rows else (800 if f64 else 550),
-                           fp_fusion=False, runs={2: EXTRA_SCANS, 3: SWEEP_WORDS}))
+    block, warps = lif_fixed_point.block_for(length), lif_fixed_point.NUM_WARPS
+    args = (y, flags, y, flags, counts, length, shape.row_stride, y, 32, 0.0, 2)
+    forward = Plan("exact fwd", _describe({"BLOCK": block}, warps), dtype, lif_fixed_point._exact_lif_kernel, args,
+                   lif_fixed_point.constants(length, dtype, has_guess=False), warps, n * length,
+                   length / (32 * warps), -(-length // block), 2 * size + 1, Access(block // (32 * warps) * size),
+                   max_registers=255, max_instructions=(240 if f64 else 180) if long_rows else (800 if f64 else 550),
+                   fp_fusion=False, runs={2: EXTRA_SCANS, 3: SWEEP_WORDS})
     block, warps = lif_fixed_point.REVERSE_BLOCK, lif_fixed_point.REVERSE_WARPS
     args = (y, y, flags, y, length, y, y)
-    result.append(Plan("exact bwd", _describe({"BLOCK": block}, warps), dtype, lif_fixed_point._reverse_scan_kernel,
-                       args, dict(BLOCK=block, F64=f64), warps, n * length, length / (32 * warps),
-                       -(-length // block), 3 * size + 1, Access(block // (32 * warps) * size), max_registers=255,
-                       max_instructions=(45 if f64 else 30) if long_rows else (220 if f64 else 130)))
-    return result
+    backward = Plan("exact bwd", _describe({"BLOCK": block}, warps), dtype, lif_fixed_point._reverse_scan_kernel, args,
+                    dict(BLOCK=block, F64=f64), warps, n * length, length / (32 * warps), -(-length // block),
+                    3 * size + 1, Access(block // (32 * warps) * size), max_registers=255,
+                    max_instructions=(45 if f64 else 30) if long_rows else (220 if f64 else 130))
+    return [forward, backward]
 
 
 def plans(shape: Shape = BENCH, everything: bool = False) -> list[Plan]:
