@@ -26,7 +26,7 @@ python3 -m pytest -q -p no:cacheprovider -n 8 tests/test_ssm_kernels.py tests/te
 python3 benchmarks/s4d_speed.py --device cuda --lengths 1024 8192 --repeats 20 > "$out/s4d_speed.txt" 2>&1
 python3 -m benchmarks.kernel_budget --measure --jobs 12 > "$out/kernel_budget.txt" 2>&1  # measured beside modelled
 python3 benchmarks/neuron_speed.py --batch 64 --width 256 --verify --decompose > "$out/neuron_speed.txt" 2>&1
-python3 benchmarks/lif_parallel_iterations.py --fused --rows 2048 --length 8192 > "$out/lif_parallel_iterations.txt" 2>&1
+python3 benchmarks/lif_parallel_iterations.py --fused --sweep 64 --rows 2048 --length 8192 > "$out/lif_parallel_iterations.txt" 2>&1
 python3 benchmarks/neuron_speed.py --batch 64 --width 256 --amp --somas "sdn fused" "lif sj" "sltt fused" "exact fused" \
     > "$out/neuron_speed_amp.txt" 2>&1
 data=${DATA:-.gpu/data}

@@ -2,7 +2,7 @@
 
     python benchmarks/lif_parallel_iterations.py                       # N(0,1), N(0.5,1), N(0,9), 3 N(0,1); shapes
     python benchmarks/lif_parallel_iterations.py --sources smnist      # + sequential MNIST currents (needs the files)
-    TRITON_INTERPRET=1 python benchmarks/lif_parallel_iterations.py --fused --rows 64   # the fused kernel's chunks
+    TRITON_INTERPRET=1 python benchmarks/lif_parallel_iterations.py --fused --sweep 64 --rows 64   # fused kernel
 
 Per input and setting (tau, guess): the spikes that differ from the exact LIF after the guess and after each scan
 (``errors``, e.g. ``39 -> 2 -> 0``), and per row the scans until no spike changed, the last one being the check
@@ -60,12 +60,13 @@ def measure_fused(name: str, rows: torch.Tensor, settings, sweep: int = 0) -> No
     for tau, guess in settings:
         soma = ParallelLIFNeuron(tau=tau, guess=guess, max_iters=200)
         start = soma.initial_guess(rows) if guess == "sdn" else None
-        spikes, _, stats = lif_fixed_point.fixed_point(rows, start, tau, max_iters=200)
+        spikes, _, stats = lif_fixed_point.fixed_point(rows, start, tau, max_iters=200, sweep=sweep)
         exact = lif_scan.sequential(rows, tau, 1.0) >= 1.0
         chunks = rows.shape[0] * -(-rows.shape[1] // block)
         print(f"{name:<22} {list(rows.shape)!s:<13} tau {tau:<6g} {guess:<5} exact {bool(torch.equal(spikes, exact))}"
               f"  scans per chunk of {block}: mean {int(stats.chunk_scans.sum()) / chunks:.3f}"
-              f" max {stats.scans}  float-map steps per chunk {int(stats.row_polish.sum()) / chunks:.4f}", flush=True)
+              f" max {stats.scans}  sweeps of {sweep} per chunk {stats.sweeps / chunks:.3f}"
+              f"  float-map steps per chunk {int(stats.row_polish.sum()) / chunks:.4f}", flush=True)
 
 
 def main(argv: list[str] | None = None) -> None:

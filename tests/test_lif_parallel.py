@@ -203,6 +203,7 @@ def test_streaming_deployment_has_no_spike_different_from_training_forward():
 def test_bad_settings_are_one_line_user_errors():
     for kwargs, match in [(dict(guess="best"), "neuron.guess"), (dict(gradient="rtrl"), "neuron.gradient"),
                           (dict(max_iters=0), "neuron.max_iters"), (dict(tau=1.0), "neuron.tau"),
+                          (dict(sweep=-1), "neuron.sweep"),
                           (dict(tau=0.3, guess="sdn"), "neuron.guess=zero"), (dict(implementation="cuda2"),
                                                                                  "neuron.implementation")]:
         with pytest.raises(UserError, match=match):
