@@ -11,6 +11,9 @@ records what ran:
   under autocast, where the membrane state takes the input's half dtype;
 - anything else: ``torch``.
 
+``ImplementationCounter(model, select=reports_path)`` counts instead the layers that report a path of their own
+(``reports_path = True`` and ``last_implementation``, e.g. SpikingSSM's current path: ``fft`` or ``chunked (triton)``).
+
 ``summary()`` gives ``{"calls": {implementation: calls}, "layers": {layer: {implementation: calls}},
 "fallback_layers": [...]}`` for ``summary.json``; ``fallbacks`` lists layers that ran a fallback at least once.
 
@@ -73,20 +76,27 @@ def ran_implementation(module: nn.Module, inputs: tuple) -> str:
     return "torch"
 
 
+def reports_path(module: nn.Module) -> bool:
+    """A non-spiking layer that says which implementation its latest call ran (``reports_path = True``)."""
+    return bool(getattr(module, "reports_path", False))
+
+
 class ImplementationCounter:
-    """Count what each spiking layer of ``model`` ran, call by call, while the hooks are installed.
+    """Count what each spiking layer of ``model`` (or each layer ``select`` picks) ran, call by call, while the
+    hooks are installed.
 
     Use as a context manager around training or evaluation; :meth:`summary` afterwards (or during).
     """
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, select=is_spiking):
         self.model = model
+        self.select = select
         self.counts: dict[str, collections.Counter] = {}
         self.handles: list = []
 
     def __enter__(self) -> "ImplementationCounter":
         for name, module in self.model.named_modules():
-            if is_spiking(module):
+            if self.select(module):
                 self.counts[name] = collections.Counter()
                 self.handles.append(module.register_forward_hook(self._hook(name)))
         return self
@@ -119,4 +129,4 @@ class ImplementationCounter:
             if counter:
                 layers[counter.most_common(1)[0][0]] += 1
         text = ", ".join(f"{impl}: {n} layer{'s' * (n != 1)}" for impl, n in layers.most_common())
-        return text or "no spiking layer ran"
+        return text or "no layer ran"

@@ -25,7 +25,7 @@ from snn_engine.config_check import EVAL_RULES, check, check_train_config, max_s
 from snn_engine.errors import UserError
 from snn_engine.evaluation import evaluate_model
 from snn_engine.logger import NullLogger
-from snn_engine.kernel_usage import ImplementationCounter
+from snn_engine.kernel_usage import ImplementationCounter, reports_path
 from snn_engine.neurons import select_implementation
 from snn_engine.optim import build_optimizer
 from snn_engine.report import flat_metrics, format_report, spike_report
@@ -176,7 +176,7 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
             logger.start(str(run_dir), meta["config"])
             logger.summary({"num_params": num_params, "neuron_implementation": implementation})
         try:
-            with ImplementationCounter(model) as usage:
+            with ImplementationCounter(model) as usage, ImplementationCounter(model, reports_path) as paths:
                 status = trainer.fit()
         except UserError as error:
             if env.is_main:
@@ -185,13 +185,16 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
             raise
         if env.is_main:
             log.info("neurons ran (counted over the run): %s", usage.describe())
+            if paths.counts:
+                log.info("current paths ran (counted over the run): %s", paths.describe())
             if usage.fallbacks:
                 log.warning("%d spiking layers fell back to a slower implementation at least once: %s",
                             len(usage.fallbacks), ", ".join(usage.fallbacks[:8]))
         summary = {
             "status": status, "step": trainer.step, "epoch": trainer.epoch, "final": trainer.last_val,
             "best": trainer.best, "num_params": num_params, "neuron_implementation": implementation,
-            "neuron_implementations_ran": usage.summary(), "compile": trainer.compiler.report(),
+            "neuron_implementations_ran": usage.summary(),
+            **({"current_paths_ran": paths.summary()} if paths.counts else {}), "compile": trainer.compiler.report(),
             "images_per_s": trainer.images_seen / max(trainer.train_time, 1e-9), "train_time_s": trainer.train_time,
             "task": trainer.task.name,
             **({"tokens_per_s": trainer.units_seen / max(trainer.train_time, 1e-9)} if trainer.task.unit == "tokens" else {}),

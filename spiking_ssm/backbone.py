@@ -46,6 +46,8 @@ class SpikingSSMBackbone(nn.Module):
         ssm_lr: float = 1e-3,
         checkpoint_layers: bool = False,
         s4d_implementation: str = "auto",
+        conv: str = "auto",
+        conv_chunk: int = 64,
     ):
         super().__init__()
         if n_layers < 1 or d_model < 1:
@@ -57,6 +59,7 @@ class SpikingSSMBackbone(nn.Module):
                 d_model, neuron, norm=norm, norm_place=norm_place, dropout=dropout, d_state=d_state,
                 bidirectional=bidirectional, trainable_B=trainable_B, threshold=threshold, dt_min=dt_min,
                 dt_max=dt_max, ssm_lr=ssm_lr, checkpoint=checkpoint_layers, s4d_implementation=s4d_implementation,
+                conv=conv, conv_chunk=conv_chunk,
             )
             for _ in range(n_layers)
         )
@@ -139,6 +142,8 @@ class SpikingSSMClassifier(_Encoded):
         pool: str = "mean",
         checkpoint_layers: bool = False,
         s4d_implementation: str = "auto",
+        conv: str = "auto",
+        conv_chunk: int = 64,
     ):
         super().__init__()
         self._build(
@@ -146,7 +151,7 @@ class SpikingSSMClassifier(_Encoded):
             dict(n_layers=n_layers, d_state=d_state, dropout=dropout, bidirectional=bidirectional,
                  trainable_B=trainable_B, norm=norm, norm_place=norm_place, threshold=threshold,
                  dt_min=dt_min, dt_max=dt_max, ssm_lr=ssm_lr, checkpoint_layers=checkpoint_layers,
-                 s4d_implementation=s4d_implementation),
+                 s4d_implementation=s4d_implementation, conv=conv, conv_chunk=conv_chunk),
         )
         self.decoder = nn.Linear(d_model, num_classes)
 
@@ -184,6 +189,8 @@ class SpikingSSMRetrieval(_Encoded):
         d_hidden: int | None = None,
         checkpoint_layers: bool = False,
         s4d_implementation: str = "auto",
+        conv: str = "auto",
+        conv_chunk: int = 64,
     ):
         super().__init__()
         self._build(
@@ -191,7 +198,7 @@ class SpikingSSMRetrieval(_Encoded):
             dict(n_layers=n_layers, d_state=d_state, dropout=dropout, bidirectional=bidirectional,
                  trainable_B=trainable_B, norm=norm, norm_place=norm_place, threshold=threshold,
                  dt_min=dt_min, dt_max=dt_max, ssm_lr=ssm_lr, checkpoint_layers=checkpoint_layers,
-                 s4d_implementation=s4d_implementation),
+                 s4d_implementation=s4d_implementation, conv=conv, conv_chunk=conv_chunk),
         )
         d_hidden = d_hidden or d_model
         self.decoder = nn.Sequential(nn.Linear(4 * d_model, d_hidden), nn.GELU(), nn.Linear(d_hidden, num_classes))

@@ -3,9 +3,15 @@
 Shape convention: both modules take and return **[B, H, L]** (channels before time, the reference's
 ``transposed=True``); the backbones transpose from/to [B, L, H]. The neuron gets time-major [L, B, H].
 
-Layer forward, in order: S4D kernel convolution (FFT, causal or bidirectional) + D skip, division by the
-threshold theta (the last two folded into the convolution kernel), spiking neuron, dropout with the mask shared over
-time, pointwise Conv1d H -> 2H, GLU.
+Layer forward, in order: S4D kernel convolution (causal or bidirectional) + D skip, division by the threshold theta
+(the last two folded into the convolution kernel), spiking neuron, dropout with the mask shared over time, pointwise
+Conv1d H -> 2H, GLU.
+
+The convolution has two paths, chosen by ``conv`` (``model.conv``): ``fft`` (the reference: one FFT convolution with
+the length-L kernel) and ``chunked`` (:mod:`spiking_ssm.chunked`: chunks of ``conv_chunk`` steps, an in-chunk
+Toeplitz product plus the S4D mode states carried between chunks; the same numbers to rounding, no FFT). ``auto``
+takes ``chunked`` with its Triton kernel on CUDA and ``fft`` elsewhere: on CPU the FFT measured 2-9x faster than the
+chunked torch code at every length tried (:data:`CPU_MEASUREMENT`).
 """
 
 from __future__ import annotations
@@ -18,9 +24,17 @@ from torch import nn
 from snn_engine.errors import UserError
 from snn_engine.ops import OpContext, OpCount
 from snn_engine.recompute import checkpoint_spiking
+from spiking_ssm import chunked
+from spiking_ssm.kernels import runtime
 from spiking_ssm.s4d import S4DKernel, bidirectional_kernel, fft_conv
 
 THRESHOLDS = ("channel", "shared", "fixed")
+CONVS = ("auto", "fft", "chunked")
+CHUNKS = (16, 32, 64, 128)
+CPU_MEASUREMENT = (  # why ``auto`` keeps the FFT on CPU (median ms, fwd+bwd of the bidirectional current path)
+    "2 cores, torch 2.15, batch 4, width 64, d_state 64: L=256 fft 3.1 / chunked(32) 13.9; L=1024 7.6 / 25.9; "
+    "L=8192 55.0 / 113.5 (chunk 64); benchmarks/neuron_speed.py --convs fft chunked --decompose"
+)
 NORMS = {"batch": "batch", "bn": "batch", "layer": "layer", "ln": "layer"}
 NORM_PLACES = ("pre", "post", "none")
 
@@ -48,10 +62,15 @@ class DropoutNd(nn.Module):
 class SpikingSSM(nn.Module):
     """One SpikingSSM layer: [B, H, L] -> [B, H, L].
 
+    ``conv``/``conv_chunk``: the current path (module docstring); ``last_implementation`` names the one the latest
+    call ran, and ``reports_path`` lets :class:`snn_engine.kernel_usage.ImplementationCounter` count it.
+
     ``threshold``: ``"channel"`` (learnable theta = exp(ln_theta) per channel, init 1: "VT"), ``"shared"``
     (one learnable scalar) or ``"fixed"`` (theta = 1, "VF"). ``D`` is stored as [H, 1] so that, like the
     reference's (1, H) D, it receives the global weight decay; ``ln_theta`` is an ordinary parameter too.
     """
+
+    reports_path = True
 
     def __init__(
         self,
@@ -66,10 +85,19 @@ class SpikingSSM(nn.Module):
         dt_max: float = 1e-1,
         ssm_lr: float = 1e-3,
         s4d_implementation: str = "auto",
+        conv: str = "auto",
+        conv_chunk: int = 64,
     ):
         super().__init__()
         if threshold not in THRESHOLDS:
             raise UserError(f"model.threshold={threshold!r}; choose one of {THRESHOLDS}")
+        if conv not in CONVS:
+            raise UserError(f"model.conv={conv!r}; choose one of {CONVS}")
+        if conv_chunk not in CHUNKS:
+            raise UserError(f"model.conv_chunk={conv_chunk!r}; choose one of {CHUNKS}")
+        self.conv = conv
+        self.conv_chunk = int(conv_chunk)
+        self.last_implementation: str | None = None  # the current path of the latest call, e.g. "chunked (torch)"
         H = d_model
         self.d_model = H
         self.bidirectional = bool(bidirectional)
@@ -101,10 +129,46 @@ class SpikingSSM(nn.Module):
         k = torch.cat([k[:, :1] + self.D.to(k.dtype), k[:, 1:]], dim=-1)
         return k / torch.exp(self.ln_theta).to(k.dtype)
 
+    def chunk_operators(self) -> list[chunked.ChunkOperators]:
+        """The chunked path's operators: ``[causal]`` or ``[causal, anti-causal]`` (bidirectional), with D and
+        ``1/theta`` folded in (:func:`spiking_ssm.chunked.chunk_operators`)."""
+        dtA, Bbar, C = self.kernel._zoh()
+        coeff = C * Bbar  # [channels, H, N/2]
+        scale = torch.exp(-self.ln_theta.reshape(-1)).expand(self.d_model)
+        ops = [chunked.chunk_operators(coeff[0], dtA, self.conv_chunk, 0, self.D.reshape(-1), scale)]
+        if self.bidirectional:
+            ops.append(chunked.chunk_operators(coeff[1], dtA, self.conv_chunk, 1, None, scale))
+        return ops
+
+    def conv_for(self, u: torch.Tensor) -> str:
+        """``"fft"``, ``"chunked (torch)"`` or ``"chunked (triton)"``: the current path for input u [B, H, L]."""
+        if self.conv == "fft":
+            return "fft"
+        reason = _triton_unsupported(u)
+        if self.conv == "auto":
+            on_cuda = u.device.type == "cuda" and runtime.triton_unavailable(u.device) is None and reason is None
+            return "chunked (triton)" if on_cuda and self.kernel.implementation != "torch" else "fft"
+        chunked_kernel = runtime.choose(self.kernel.implementation, "chunked convolution", u.device, reason,
+                                        setting="model.s4d_implementation")
+        return f"chunked ({chunked_kernel})"
+
     def current(self, u: torch.Tensor) -> torch.Tensor:
-        """The neuron's input ``(K * u + D u) / theta`` for u [B, H, L] -> [B, H, L] (a strided view of the FFT
-        output: the fused somas read it in place)."""
-        return fft_conv(u, self.conv_kernel(u.shape[-1]))
+        """The neuron's input ``(K * u + D u) / theta`` for u [B, H, L] -> [B, H, L] (with the FFT, a strided view
+        of its output: the fused somas read it in place)."""
+        path = self.conv_for(u)
+        self.last_implementation = path
+        if path == "fft":
+            return fft_conv(u, self.conv_kernel(u.shape[-1]))
+        if u.dtype in (torch.float16, torch.bfloat16):
+            u = u.float()  # as the FFT path: the convolution runs in float32 under autocast
+        run = chunked.chunked_conv
+        if path == "chunked (triton)":
+            from spiking_ssm.kernels.chunked_conv import chunked_conv_triton as run
+        ops = [tuple(t.to(u.dtype) for t in op) for op in self.chunk_operators()]
+        y = run(u, chunked.ChunkOperators(*ops[0]))
+        if self.bidirectional:
+            y = y + run(u, chunked.ChunkOperators(*ops[1]), reverse=True)
+        return y
 
     def spikes(self, u: torch.Tensor) -> torch.Tensor:
         """Neuron output [B, H, L] (binary for a spiking neuron).
@@ -145,6 +209,17 @@ class SpikingSSM(nn.Module):
         per_step = 4 * self.kernel.d_state * directions + 2
         macs = float(u.shape[0] * u.shape[1] * u.shape[2] * per_step)
         return OpCount(mac=macs, dense=macs)
+
+
+def _triton_unsupported(u: torch.Tensor) -> str | None:
+    """Why the Triton chunked convolution cannot take ``u``, or None."""
+    if u.dtype not in (torch.float32, torch.float64, torch.float16, torch.bfloat16):
+        return f"it takes float32/float64 inputs, not {u.dtype}"
+    try:
+        import spiking_ssm.kernels.chunked_conv  # noqa: F401
+    except ImportError:
+        return "the Triton chunked convolution is not built yet"
+    return None
 
 
 def make_norm(norm: str, d_model: int) -> nn.Module:

@@ -1,0 +1,161 @@
+"""The chunked current path (``model.conv=chunked``, :mod:`spiking_ssm.chunked`) against the FFT convolution.
+
+float64: currents and every gradient (u, D, the threshold, every S4D parameter) equal the FFT path to 1e-10
+relative, causal and bidirectional, for lengths below, at and across chunk boundaries; float32 currents within
+2e-6 of float64. Also: a direct float64 convolution with the explicit kernel (so a mistake shared by the chunked
+code and the FFT path cannot hide), spikes of the somas behind both paths, the choice and its errors, and
+streaming after a chunked forward.
+"""
+
+import pytest
+import torch
+from spikingjelly.activation_based import functional
+
+from snn_engine.errors import UserError
+from snn_engine.kernel_usage import ImplementationCounter, reports_path
+from spiking_ssm.backbone import SpikingSSMClassifier
+from spiking_ssm.chunked import chunk_operators, chunked_conv, toeplitz
+from spiking_ssm.layer import SpikingSSM
+from spiking_ssm.neurons import make_ssm_neuron
+from spiking_ssm.s4d import vandermonde_kernel
+from spiking_ssm.streaming import StreamingClassifier
+
+
+def _layer(conv: str, bidirectional: bool, chunk: int = 16, width: int = 6, d_state: int = 8, seed: int = 0,
+           neuron=torch.nn.Identity, **kwargs) -> SpikingSSM:
+    torch.manual_seed(seed)
+    layer = SpikingSSM(width, neuron, d_state=d_state, bidirectional=bidirectional, conv=conv, conv_chunk=chunk,
+                       **kwargs).double()
+    with torch.no_grad():  # a non-trivial threshold and slow modes (dt small: states carry across many chunks)
+        layer.ln_theta.normal_(0, 0.3)
+        layer.kernel.log_dt.uniform_(-6.0, -1.0)
+    return layer
+
+
+def _pair(bidirectional: bool, chunk: int = 16, **kwargs):
+    return _layer("fft", bidirectional, chunk, **kwargs), _layer("chunked", bidirectional, chunk, **kwargs)
+
+
+def _relative(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a - b).abs().max() / b.abs().max().clamp_min(1e-300)).item()
+
+
+@pytest.mark.parametrize("bidirectional", [False, True])
+@pytest.mark.parametrize("length,chunk", [(1, 16), (5, 16), (16, 16), (17, 16), (63, 32), (64, 32), (200, 16),
+                                          (300, 64)])
+def test_float64_currents_and_all_gradients_equal_the_fft_path(bidirectional, length, chunk):
+    fft, chunked = _pair(bidirectional, chunk, trainable_B=True, threshold="channel")
+    u = torch.randn(3, 6, length, dtype=torch.float64, requires_grad=True)
+    y_fft, y_chunked = fft.current(u), chunked.current(u)
+    assert chunked.last_implementation == "chunked (torch)" and fft.last_implementation == "fft"
+    assert _relative(y_chunked, y_fft) < 1e-10
+    upstream = torch.randn_like(y_fft)
+    names = [name for name, _ in fft.named_parameters() if "output_linear" not in name]
+    grads_fft = torch.autograd.grad(y_fft, [u] + [dict(fft.named_parameters())[n] for n in names], upstream)
+    grads_chunked = torch.autograd.grad(y_chunked, [u] + [dict(chunked.named_parameters())[n] for n in names],
+                                        upstream)
+    assert len(names) == 7  # D, ln_theta, log_dt, log_A_real, A_imag, C, B
+    for name, a, b in zip(["u"] + names, grads_chunked, grads_fft):
+        assert _relative(a, b) < 1e-10, name
+
+
+@pytest.mark.parametrize("threshold", ["shared", "fixed"])
+def test_thresholds_fold_into_the_chunked_operators(threshold):
+    fft, chunked = _pair(True, 16, threshold=threshold)
+    u = torch.randn(2, 6, 70, dtype=torch.float64)
+    assert _relative(chunked.current(u), fft.current(u)) < 1e-10
+
+
+def test_chunked_conv_equals_a_direct_convolution_with_the_explicit_kernel():
+    torch.manual_seed(3)
+    width, modes, length = 4, 5, 90
+    dtA = torch.complex(-torch.rand(width, modes, dtype=torch.float64) * 0.2,
+                        torch.randn(width, modes, dtype=torch.float64))
+    coeff = torch.randn(width, modes, dtype=torch.complex128)
+    u = torch.randn(2, width, length, dtype=torch.float64)
+    kernel = vandermonde_kernel(coeff.unsqueeze(0), dtA, length)[0]  # [H, L]: K[d] = 2 Re sum c a^d
+    causal = torch.stack([sum(kernel[:, t - j] * u[..., j] for j in range(t + 1)) for t in range(length)], -1)
+    ops = chunk_operators(coeff, dtA, 16)
+    assert _relative(chunked_conv(u, ops), causal) < 1e-12
+    # delay 1 on reversed time: y[t] = sum_{j >= 1} K[j - 1] u[t + j] (the anti-causal half of a bidirectional layer)
+    anti = torch.stack([sum((kernel[:, j - 1] * u[..., t + j] for j in range(1, length - t)),
+                            torch.zeros(2, width, dtype=torch.float64)) for t in range(length)], -1)
+    assert _relative(chunked_conv(u, chunk_operators(coeff, dtA, 16, delay=1), reverse=True), anti) < 1e-12
+
+
+def test_operators_describe_the_kernel():
+    torch.manual_seed(4)
+    dtA = torch.complex(-torch.rand(3, 4, dtype=torch.float64), torch.randn(3, 4, dtype=torch.float64))
+    coeff = torch.randn(3, 4, dtype=torch.complex128)
+    ops = chunk_operators(coeff, dtA, 16, skip=torch.ones(3, dtype=torch.float64))
+    kernel = vandermonde_kernel(coeff.unsqueeze(0), dtA, 16)[0]
+    torch.testing.assert_close(ops.taps[:, 1:], kernel[:, 1:], rtol=1e-13, atol=1e-13)
+    torch.testing.assert_close(ops.taps[:, 0], kernel[:, 0] + 1.0, rtol=1e-13, atol=1e-13)
+    assert ops.readout.shape == (3, 8, 16) and ops.inject.shape == (3, 16, 8) and ops.decay.shape == (3, 2, 4)
+    assert torch.equal(toeplitz(ops.taps)[:, 0, 1:], torch.zeros(3, 15, dtype=torch.float64))
+    with pytest.raises(ValueError, match="delay"):
+        chunk_operators(coeff, dtA, 16, delay=2)
+
+
+def test_float32_currents_are_within_float32_rounding_of_float64():
+    """The same (float32-representable) parameters and input computed in float32 and in float64."""
+    fft, chunked = _pair(True, 64, width=8, d_state=16)
+    u = torch.randn(2, 8, 1000).double()
+    fft, chunked = fft.float().double(), chunked.float()
+    exact = fft.current(u)
+    single = chunked.current(u.float())
+    assert single.dtype == torch.float32
+    assert _relative(single.double(), exact) < 2e-6
+    assert _relative(single.double(), exact) < 2 * _relative(fft.float().current(u.float()).double(), exact)
+
+
+@pytest.mark.parametrize("soma", ["sdn", "lif_parallel", "sltt"])
+def test_somas_behind_the_chunked_path_spike_as_behind_the_fft(soma):
+    factory = lambda: make_ssm_neuron(soma, implementation="torch")  # noqa: E731
+    fft, chunked = _pair(True, 32, width=8, d_state=8, neuron=factory)
+    u = 1.5 * torch.randn(4, 8, 150, dtype=torch.float64)
+    y = fft.current(u)
+    spikes = {name: layer.spikes(u) for name, layer in (("fft", fft), ("chunked", chunked))}
+    functional.reset_net(fft)
+    functional.reset_net(chunked)
+    far = (y - 1.0).abs() > 1e-9  # away from the threshold the currents' rounding cannot flip a spike
+    assert 0.05 < spikes["fft"].mean() < 0.95
+    assert torch.equal(spikes["fft"][far], spikes["chunked"][far])
+
+
+def test_choice_errors_and_what_auto_runs():
+    with pytest.raises(UserError, match=r"model.conv='ffft'; choose one of"):
+        SpikingSSM(4, torch.nn.Identity, conv="ffft")
+    with pytest.raises(UserError, match=r"model.conv_chunk=48"):
+        SpikingSSM(4, torch.nn.Identity, conv_chunk=48)
+    layer = SpikingSSM(4, torch.nn.Identity, d_state=4, conv="chunked", s4d_implementation="cuda")
+    with pytest.raises(UserError, match=r"model.s4d_implementation=cuda"):
+        layer.current(torch.randn(1, 4, 10))
+    auto = SpikingSSM(4, torch.nn.Identity, d_state=4)
+    auto.current(torch.randn(1, 4, 10))
+    assert auto.conv == "auto" and auto.last_implementation == "fft"  # CPU: the FFT measured faster
+
+
+def test_the_run_counts_which_current_path_ran():
+    torch.manual_seed(5)
+    model = SpikingSSMClassifier(lambda: make_ssm_neuron("sdn", implementation="torch"), d_input=2, num_classes=3,
+                                 d_model=8, n_layers=2, d_state=4, conv="chunked", conv_chunk=16)
+    with ImplementationCounter(model, reports_path) as paths, ImplementationCounter(model) as somas:
+        model(torch.randn(2, 40, 2))
+    assert paths.summary()["calls"] == {"chunked (torch)": 2}
+    assert set(paths.counts) == {"backbone.blocks.0.layer", "backbone.blocks.1.layer"}
+    assert paths.describe() == "chunked (torch): 2 layers"
+    assert somas.summary()["calls"] == {"torch": 2}
+
+
+def test_streaming_equals_a_chunked_forward():
+    torch.manual_seed(6)
+    lif = lambda: make_ssm_neuron("lif")  # noqa: E731
+    model = SpikingSSMClassifier(lif, d_input=2, num_classes=3, d_model=8, n_layers=2, d_state=8,
+                                 bidirectional=False, norm="layer", conv="chunked", conv_chunk=16).double().eval()
+    x = 2 * torch.randn(3, 50, 2, dtype=torch.float64)
+    functional.reset_net(model)
+    with torch.no_grad():
+        logits = model(x)
+    assert model.backbone.blocks[0].layer.last_implementation == "chunked (torch)"
+    torch.testing.assert_close(StreamingClassifier(model).run(x), logits, rtol=1e-9, atol=1e-9)
