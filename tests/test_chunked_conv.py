@@ -159,3 +159,16 @@ def test_streaming_equals_a_chunked_forward():
         logits = model(x)
     assert model.backbone.blocks[0].layer.last_implementation == "chunked (torch)"
     torch.testing.assert_close(StreamingClassifier(model).run(x), logits, rtol=1e-9, atol=1e-9)
+
+
+def test_a_run_from_before_the_chunked_path_resumes_and_may_switch_paths():
+    from snn_engine import resume_contract
+
+    old = {"model": {"d_model": 8, "s4d_implementation": "auto"}}
+    new = {"model": {"d_model": 8, "s4d_implementation": "auto", "conv": "auto", "conv_chunk": 64}}
+    assert resume_contract.check(old, new, "last.pt", allow_changes=False) == {
+        "model.conv": ("<unset>", "auto"), "model.conv_chunk": ("<unset>", 64)}
+    switched = dict(new, model=dict(new["model"], conv="chunked"))
+    assert resume_contract.check(new, switched, "last.pt", allow_changes=False) == {"model.conv": ("auto", "chunked")}
+    with pytest.raises(UserError, match="model.d_model: 8 -> 16"):
+        resume_contract.check(new, dict(new, model=dict(new["model"], d_model=16)), "last.pt", allow_changes=False)
