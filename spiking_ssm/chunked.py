@@ -104,32 +104,114 @@ def _states(w: torch.Tensor, decay: torch.Tensor) -> torch.Tensor:
     return torch.cat([torch.zeros_like(scan[:, :, :1]), scan[:, :, :-1]], dim=2)
 
 
+def _blocks(u: torch.Tensor, chunk: int) -> torch.Tensor:
+    """``[B, H, L]`` -> ``[B, H, C, Q]``, zero-padded after the sequence."""
+    batch, width, length = u.shape
+    count = -(-length // chunk)
+    if count * chunk != length:
+        u = torch.nn.functional.pad(u, (0, count * chunk - length))
+    return u.reshape(batch, width, count, chunk)
+
+
+def _complex(real_form: torch.Tensor, modes: int) -> torch.Tensor:
+    return torch.complex(real_form[..., :modes], real_form[..., modes:])
+
+
+def _real(values: torch.Tensor) -> torch.Tensor:
+    return torch.cat([values.real, values.imag], dim=-1)
+
+
+def _chunk_states(blocks: torch.Tensor, ops: ChunkOperators) -> torch.Tensor:
+    """Real-form chunk-start states ``[B, H, C, 2M]`` of the walk over ``blocks`` ``[B, H, C, Q]``."""
+    modes = ops.decay.shape[-1]
+    w = _complex(torch.einsum("bhcj,hjm->bhcm", blocks, ops.inject), modes)
+    return _real(_states(w, torch.complex(ops.decay[:, 0], ops.decay[:, 1])))
+
+
+def _forward(u: torch.Tensor, ops: ChunkOperators) -> torch.Tensor:
+    """The causal walk on ``u`` ``[B, H, L]`` (plain torch operations: differentiable by autograd)."""
+    length = u.shape[-1]
+    blocks = _blocks(u, ops.chunk)
+    y = torch.einsum("bhcj,hij->bhci", blocks, toeplitz(ops.taps))
+    if blocks.shape[2] > 1:
+        y = y + torch.einsum("bhcm,hmi->bhci", _chunk_states(blocks, ops), ops.readout)
+    return y.reshape(*u.shape[:2], -1)[..., :length]
+
+
 def chunked_conv(u: torch.Tensor, ops: ChunkOperators, reverse: bool = False) -> torch.Tensor:
     """Convolve ``u`` ``[B, H, L]`` with the kernel ``ops`` describes: ``[B, H, L]``, causal in time, or causal in
     reversed time when ``reverse`` (the anti-causal half of a bidirectional layer).
 
     The length is zero-padded to a multiple of the chunk (padding after the sequence in the direction of the walk,
-    so it never reaches a real output). Intermediates: the states ``[B, H, L/Q, M]`` (complex) and the scan's
-    log-depth copies of them; no ``[B, H, L, M]`` tensor.
+    so it never reaches a real output). Under autograd only ``u`` and the operators are saved
+    (:class:`_ChunkedConv`): the backward recomputes the chunk states and walks the adjoint the other way.
     """
-    batch, width, length = u.shape
-    chunk = ops.chunk
-    modes = ops.decay.shape[-1]
+    if torch.is_grad_enabled() and (u.requires_grad or any(t.requires_grad for t in ops)):
+        return _ChunkedConv.apply(u, *ops, bool(reverse))
+    with torch.no_grad():
+        if reverse:
+            return _forward(u.flip(-1), ops).flip(-1)
+        return _forward(u, ops)
+
+
+def chunked_conv_autograd(u: torch.Tensor, ops: ChunkOperators, reverse: bool = False) -> torch.Tensor:
+    """:func:`chunked_conv` differentiated by autograd through every intermediate (the reference its written-out
+    backward is tested against; saves the states and the scan's intermediates)."""
     if reverse:
-        u = u.flip(-1)
-    count = -(-length // chunk)
-    padded = torch.nn.functional.pad(u, (0, count * chunk - length)) if count * chunk != length else u
-    blocks = padded.reshape(batch, width, count, chunk)  # [B, H, C, Q]
-    y = torch.einsum("bhcj,hij->bhci", blocks, toeplitz(ops.taps))
-    if count > 1:
-        injected = torch.einsum("bhcj,hjm->bhcm", blocks, ops.inject)  # [B, H, C, 2M]
-        w = torch.complex(injected[..., :modes], injected[..., modes:])
-        decay = torch.complex(ops.decay[:, 0], ops.decay[:, 1])  # [H, M]
-        s = _states(w, decay)
-        real_s = torch.cat([s.real, s.imag], dim=-1)  # [B, H, C, 2M]
-        y = y + torch.einsum("bhcm,hmi->bhci", real_s, ops.readout)
-    y = y.reshape(batch, width, count * chunk)[..., :length]
-    return y.flip(-1) if reverse else y
+        return _forward(u.flip(-1), ops).flip(-1)
+    return _forward(u, ops)
+
+
+class _ChunkedConv(torch.autograd.Function):
+    """:func:`chunked_conv` saving only ``u`` and the operators. With ``G`` the chunk of ``dLoss/dy``, ``U`` of u,
+    ``S(k)`` the state entering chunk k and ``A(k + 1)`` the adjoint state leaving it (complex form
+    ``A(k) = G_k readout^T + conj(a^Q) A(k + 1)``, zero after the last chunk, a reverse scan):
+
+        du_k      = G_k T + A(k + 1) inject^T         dtaps[d] = sum over i - j = d of G^T U
+        dreadout  = sum_k S(k)^T G_k                   dinject  = sum_k U_k^T A(k + 1)
+        ddecay    = sum_k conj(S(k)) A(k + 1)         (as (Re, Im): Ar Sr + Ai Si, Ai Sr - Ar Si)
+    """
+
+    @staticmethod
+    def forward(ctx, u, taps, readout, inject, decay, reverse):
+        ops = ChunkOperators(taps, readout, inject, decay)
+        ctx.save_for_backward(u, taps, readout, inject, decay)
+        ctx.reverse = reverse
+        return chunked_conv_autograd(u, ops, reverse)
+
+    @staticmethod
+    def backward(ctx, grad_y):
+        u, taps, readout, inject, decay = ctx.saved_tensors
+        ops = ChunkOperators(taps, readout, inject, decay)
+        length, chunk, modes = u.shape[-1], taps.shape[-1], decay.shape[-1]
+        if ctx.reverse:
+            u, grad_y = u.flip(-1), grad_y.flip(-1)
+        blocks, grads = _blocks(u, chunk), _blocks(grad_y.to(u.dtype), chunk)
+        grad_u = torch.einsum("bhci,hij->bhcj", grads, toeplitz(taps))
+        product = torch.einsum("bhci,bhcj->hij", grads, blocks)  # G^T U summed over rows and chunks
+        lag = torch.arange(chunk, device=u.device)
+        lag = lag.unsqueeze(1) - lag.unsqueeze(0)
+        grad_taps = torch.zeros_like(taps).index_add_(1, lag.clamp(min=0).flatten(),
+                                                      (product * (lag >= 0)).flatten(1))
+        grad_readout = torch.zeros_like(readout)
+        grad_inject = torch.zeros_like(inject)
+        grad_decay = torch.zeros_like(decay)
+        if blocks.shape[2] > 1:
+            states = _chunk_states(blocks, ops)  # [B, H, C, 2M]
+            emitted = _complex(torch.einsum("bhci,hmi->bhcm", grads, readout), modes)
+            conj = torch.complex(decay[:, 0], -decay[:, 1])
+            after = _real(_states(emitted.flip(2), conj).flip(2))  # A(k + 1) at index k
+            grad_u = grad_u + torch.einsum("bhcm,hjm->bhcj", after, inject)
+            grad_readout = torch.einsum("bhcm,bhci->hmi", states, grads)
+            grad_inject = torch.einsum("bhcj,bhcm->hjm", blocks, after)
+            s = _complex(states, modes)
+            a = _complex(after, modes)
+            dd = (s.conj() * a).sum((0, 2))  # [H, M]
+            grad_decay = torch.stack([dd.real, dd.imag], dim=1)
+        grad_u = grad_u.reshape(*u.shape[:2], -1)[..., :length]
+        if ctx.reverse:
+            grad_u = grad_u.flip(-1)
+        return grad_u, grad_taps, grad_readout, grad_inject, grad_decay, None
 
 
 def default_chunk(length: int) -> int:

@@ -14,7 +14,7 @@ from spikingjelly.activation_based import functional
 from snn_engine.errors import UserError
 from snn_engine.kernel_usage import ImplementationCounter, reports_path
 from spiking_ssm.backbone import SpikingSSMClassifier
-from spiking_ssm.chunked import chunk_operators, chunked_conv, toeplitz
+from spiking_ssm.chunked import ChunkOperators, chunk_operators, chunked_conv, chunked_conv_autograd, toeplitz
 from spiking_ssm.layer import SpikingSSM
 from spiking_ssm.neurons import make_ssm_neuron
 from spiking_ssm.s4d import vandermonde_kernel
@@ -81,6 +81,38 @@ def test_chunked_conv_equals_a_direct_convolution_with_the_explicit_kernel():
     anti = torch.stack([sum((kernel[:, j - 1] * u[..., t + j] for j in range(1, length - t)),
                             torch.zeros(2, width, dtype=torch.float64)) for t in range(length)], -1)
     assert _relative(chunked_conv(u, chunk_operators(coeff, dtA, 16, delay=1), reverse=True), anti) < 1e-12
+
+
+@pytest.mark.parametrize("length,chunk,reverse", [(1, 16, False), (7, 16, True), (16, 16, False), (40, 16, True),
+                                                 (100, 32, False), (129, 64, True)])
+def test_the_written_out_backward_equals_autograd_through_every_intermediate(length, chunk, reverse):
+    torch.manual_seed(length)
+    dtA = torch.complex(-torch.rand(3, 5, dtype=torch.float64) * 0.3, torch.randn(3, 5, dtype=torch.float64))
+    coeff = torch.randn(3, 5, dtype=torch.complex128)
+    ops = [t.detach().requires_grad_() for t in
+           chunk_operators(coeff, dtA, chunk, delay=int(reverse), skip=torch.randn(3, dtype=torch.float64))]
+    u = torch.randn(2, 3, length, dtype=torch.float64, requires_grad=True)
+    upstream = torch.randn(2, 3, length, dtype=torch.float64)
+    written = torch.autograd.grad(chunked_conv(u, ChunkOperators(*ops), reverse), [u] + ops, upstream)
+    traced = torch.autograd.grad(chunked_conv_autograd(u, ChunkOperators(*ops), reverse), [u] + ops, upstream,
+                                 allow_unused=True)
+    for name, a, b, like in zip(["u", "taps", "readout", "inject", "decay"], written, traced, [u] + ops):
+        b = torch.zeros_like(like) if b is None else b  # one chunk: no state reaches an output
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12 * b.abs().max().item(), msg=name)
+    assert torch.autograd.gradcheck(lambda x, *o: chunked_conv(x, ChunkOperators(*o), reverse),
+                                    [u[:1, :2, :min(length, 20)].detach().requires_grad_()]
+                                    + [t[:2].detach().requires_grad_() for t in ops])
+
+
+def test_a_chunked_forward_saves_only_its_input_and_the_small_operators():
+    torch.manual_seed(7)
+    layer = SpikingSSM(8, torch.nn.Identity, d_state=8, bidirectional=True, conv="chunked", conv_chunk=16)
+    u = torch.randn(4, 8, 512, requires_grad=True)
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        layer.current(u)
+    large = {t.untyped_storage().data_ptr() for t in saved if t.numel() >= u.numel() // 8}
+    assert large == {u.untyped_storage().data_ptr()}
 
 
 def test_operators_describe_the_kernel():
