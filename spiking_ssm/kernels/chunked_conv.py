@@ -38,7 +38,8 @@ from spiking_ssm.kernels.runtime import triton
 CHUNKS = (16, 32, 64, 128)
 PRECISIONS = ("ieee", "tf32x3", "tf32")
 BLOCK_ROWS = 16  # batch rows per program
-NUM_WARPS = 4
+NUM_WARPS = 4  # the forward walk and the adjoint walk
+GRAD_WARPS = 8  # the operator-gradient kernel (at 4 warps ptxas spilled a few registers there, float32 sm_90)
 
 
 def padded_modes(modes: int) -> int:
@@ -61,12 +62,9 @@ if triton is not None:
         return tl.load(taps_ptr + h * Q + lag, mask=lag >= 0, other=0.0)
 
     @triton.jit
-    def _part(ptr, h, part, R: tl.constexpr, K: tl.constexpr, TRANSPOSE: tl.constexpr):
-        """Part ``part`` of channel ``h`` of a contiguous ``[H, 2, R, K]`` tensor: ``[R, K]`` (or ``[K, R]``)."""
-        base = ptr + (h * 2 + part) * R * K
-        if TRANSPOSE:
-            return tl.load(base + tl.arange(0, R)[None, :] * K + tl.arange(0, K)[:, None])
-        return tl.load(base + tl.arange(0, R)[:, None] * K + tl.arange(0, K)[None, :])
+    def _part(ptr, h, part, R: tl.constexpr, K: tl.constexpr):
+        """Part ``part`` of channel ``h`` of a contiguous ``[H, 2, R, K]`` tensor: ``[R, K]``."""
+        return tl.load(ptr + (h * 2 + part) * R * K + tl.arange(0, R)[:, None] * K + tl.arange(0, K)[None, :])
 
     @triton.jit
     def _chunk(rows, live, k, L, Q: tl.constexpr, REVERSE: tl.constexpr):
@@ -91,10 +89,10 @@ if triton is not None:
         live = rows < B
         modes = tl.arange(0, MP)
         t_t = _toeplitz(taps_ptr, h, Q, True)  # [Q, Q]
-        rr = _part(readout_ptr, h, 0, MP, Q, False)  # [MP, Q]
-        ri = _part(readout_ptr, h, 1, MP, Q, False)
-        jr = _part(inject_ptr, h, 0, Q, MP, False)  # [Q, MP]
-        ji = _part(inject_ptr, h, 1, Q, MP, False)
+        rr = _part(readout_ptr, h, 0, MP, Q)  # [MP, Q]
+        ri = _part(readout_ptr, h, 1, MP, Q)
+        jr = _part(inject_ptr, h, 0, Q, MP)  # [Q, MP]
+        ji = _part(inject_ptr, h, 1, Q, MP)
         dr = tl.load(decay_ptr + h * 2 * MP + modes)[None, :]
         di = tl.load(decay_ptr + (h * 2 + 1) * MP + modes)[None, :]
         sr = tl.zeros([BB, MP], dtype=u_ptr.dtype.element_ty)
@@ -118,74 +116,105 @@ if triton is not None:
             sr = new_r
 
     @triton.jit
-    def _chunk_backward_kernel(u_ptr, g_ptr, taps_ptr, readout_ptr, inject_ptr, decay_ptr, states_ptr, du_ptr,
-                               dt_ptr, dreadout_ptr, dinject_ptr, ddecay_ptr,
-                               B, H, L, CHUNK_COUNT, su_b, su_h, su_l, sg_b, sg_h, sg_l,
-                               Q: tl.constexpr, MP: tl.constexpr, BB: tl.constexpr, REVERSE: tl.constexpr,
-                               PRECISION: tl.constexpr):
-        """``du`` ``[B, H, L]`` (contiguous) and this program's partial operator gradients (``n = program_id(1)``):
-        ``dt[n, h]`` ``[Q, Q]`` (the Toeplitz block's), ``dreadout[n, h]`` ``[2, MP, Q]``, ``dinject[n, h]``
-        ``[2, Q, MP]``, ``ddecay[n, h]`` ``[2, MP]``; states from the forward kernel's ``WRITE_STATES`` run."""
+    def _chunk_adjoint_kernel(g_ptr, taps_ptr, readout_t_ptr, inject_t_ptr, decay_ptr, du_ptr, adjoint_ptr,
+                              B, H, L, CHUNK_COUNT, sg_b, sg_h, sg_l,
+                              Q: tl.constexpr, MP: tl.constexpr, BB: tl.constexpr, REVERSE: tl.constexpr,
+                              PRECISION: tl.constexpr):
+        """The reverse walk: ``du`` ``[B, H, L]`` (contiguous) from ``g`` (strides ``sg_*``), and the adjoint state
+        after each chunk, ``A(k + 1)``, at index ``k`` of ``adjoint`` ``[B, H, CHUNK_COUNT, 2, MP]``. The readout
+        and inject come transposed (``[H, 2, Q, MP]``, ``[H, 2, MP, Q]``): loaded as the forward loads its own
+        (a transposing load kept the tiles in registers and spilled)."""
+        h = tl.program_id(0).to(tl.int64)
+        rows = tl.program_id(1).to(tl.int64) * BB + tl.arange(0, BB)
+        live = rows < B
+        modes = tl.arange(0, MP)
+        t = _toeplitz(taps_ptr, h, Q, False)  # [Q, Q]
+        rr_t = _part(readout_t_ptr, h, 0, Q, MP)  # [Q, MP]
+        ri_t = _part(readout_t_ptr, h, 1, Q, MP)
+        jr_t = _part(inject_t_ptr, h, 0, MP, Q)  # [MP, Q]
+        ji_t = _part(inject_t_ptr, h, 1, MP, Q)
+        dr = tl.load(decay_ptr + h * 2 * MP + modes)[None, :]
+        di = tl.load(decay_ptr + (h * 2 + 1) * MP + modes)[None, :]
+        ar = tl.zeros([BB, MP], dtype=g_ptr.dtype.element_ty)
+        ai = tl.zeros([BB, MP], dtype=g_ptr.dtype.element_ty)
+        g_rows = g_ptr + rows[:, None] * sg_b + h * sg_h
+        du_rows = du_ptr + (rows[:, None] * H + h) * L
+        a_rows = adjoint_ptr + (rows[:, None] * H + h) * CHUNK_COUNT * 2 * MP + modes[None, :]
+        for step in range(CHUNK_COUNT):
+            k = CHUNK_COUNT - 1 - step
+            time, inside = _chunk(rows, live, k, L, Q, REVERSE)
+            g = tl.load(g_rows + time * sg_l, mask=inside, other=0.0)  # [BB, Q]
+            du = tl.dot(g, t, input_precision=PRECISION)
+            du = tl.dot(ar, jr_t, du, input_precision=PRECISION)
+            du = tl.dot(ai, ji_t, du, input_precision=PRECISION)
+            tl.store(du_rows + time, du, mask=inside)
+            new_r = tl.dot(g, rr_t, ar * dr + ai * di, input_precision=PRECISION)
+            new_i = tl.dot(g, ri_t, ai * dr - ar * di, input_precision=PRECISION)
+            tl.store(a_rows + k * 2 * MP, ar, mask=live[:, None])
+            tl.store(a_rows + k * 2 * MP + MP, ai, mask=live[:, None])
+            ar, ai = new_r, new_i
+
+    @triton.jit
+    def _chunk_grads_kernel(u_ptr, g_ptr, states_ptr, adjoint_ptr, dt_ptr, dinject_ptr, dreadout_ptr, ddecay_ptr,
+                            B, H, L, CHUNK_COUNT, su_b, su_h, su_l, sg_b, sg_h, sg_l,
+                            Q: tl.constexpr, MP: tl.constexpr, BB: tl.constexpr, REVERSE: tl.constexpr,
+                            PART: tl.constexpr, PRECISION: tl.constexpr):
+        """This program's partial operator gradients (``n = program_id(1)``, its batch block), summed over chunks:
+        ``PART`` 0: ``dt[n, h]`` ``[Q, Q]`` (the Toeplitz block's, ``G^T U``) and ``dinject[n, h]`` ``[2, Q, MP]``
+        (``U^T A``); ``PART`` 1: ``dreadout[n, h]`` ``[2, MP, Q]`` (``S^T G``) and ``ddecay[n, h]`` ``[2, MP]``.
+        ``states`` and ``adjoint`` ``[B, H, CHUNK_COUNT, 2, MP]``: ``S(k)`` and ``A(k + 1)`` at index ``k``."""
         h = tl.program_id(0).to(tl.int64)
         block = tl.program_id(1).to(tl.int64)
         rows = block * BB + tl.arange(0, BB)
         live = rows < B
         modes = tl.arange(0, MP)
         steps = tl.arange(0, Q)
-        t = _toeplitz(taps_ptr, h, Q, False)  # [Q, Q]
-        rr_t = _part(readout_ptr, h, 0, MP, Q, True)  # [Q, MP]
-        ri_t = _part(readout_ptr, h, 1, MP, Q, True)
-        jr_t = _part(inject_ptr, h, 0, Q, MP, True)  # [MP, Q]
-        ji_t = _part(inject_ptr, h, 1, Q, MP, True)
-        dr = tl.load(decay_ptr + h * 2 * MP + modes)[None, :]
-        di = tl.load(decay_ptr + (h * 2 + 1) * MP + modes)[None, :]
         dtype = u_ptr.dtype.element_ty
-        ar = tl.zeros([BB, MP], dtype=dtype)  # the adjoint state after the current chunk
-        ai = tl.zeros([BB, MP], dtype=dtype)
-        grad_t = tl.zeros([Q, Q], dtype=dtype)
-        grad_rr = tl.zeros([MP, Q], dtype=dtype)
-        grad_ri = tl.zeros([MP, Q], dtype=dtype)
-        grad_jr = tl.zeros([Q, MP], dtype=dtype)
-        grad_ji = tl.zeros([Q, MP], dtype=dtype)
-        grad_dr = tl.zeros([BB, MP], dtype=dtype)
-        grad_di = tl.zeros([BB, MP], dtype=dtype)
         u_rows = u_ptr + rows[:, None] * su_b + h * su_h
         g_rows = g_ptr + rows[:, None] * sg_b + h * sg_h
-        du_rows = du_ptr + (rows[:, None] * H + h) * L
-        s_rows = states_ptr + (rows[:, None] * H + h) * CHUNK_COUNT * 2 * MP + modes[None, :]
-        for step in range(CHUNK_COUNT):
-            k = CHUNK_COUNT - 1 - step
+        chunk_rows = (rows[:, None] * H + h) * CHUNK_COUNT * 2 * MP + modes[None, :]
+        if PART == 0:
+            grad_t = tl.zeros([Q, Q], dtype=dtype)
+            grad_r = tl.zeros([Q, MP], dtype=dtype)  # inject's real and imaginary columns
+            grad_i = tl.zeros([Q, MP], dtype=dtype)
+        else:
+            grad_r = tl.zeros([MP, Q], dtype=dtype)  # readout's real and imaginary rows
+            grad_i = tl.zeros([MP, Q], dtype=dtype)
+            grad_dr = tl.zeros([BB, MP], dtype=dtype)
+            grad_di = tl.zeros([BB, MP], dtype=dtype)
+        for k in range(CHUNK_COUNT):
             time, inside = _chunk(rows, live, k, L, Q, REVERSE)
-            u = tl.load(u_rows + time * su_l, mask=inside, other=0.0)  # [BB, Q]
-            g = tl.load(g_rows + time * sg_l, mask=inside, other=0.0)
-            sr = tl.load(s_rows + k * 2 * MP, mask=live[:, None], other=0.0)  # [BB, MP]: S(k)
-            si = tl.load(s_rows + k * 2 * MP + MP, mask=live[:, None], other=0.0)
-            du = tl.dot(g, t, input_precision=PRECISION)
-            du = tl.dot(ar, jr_t, du, input_precision=PRECISION)
-            du = tl.dot(ai, ji_t, du, input_precision=PRECISION)
-            tl.store(du_rows + time, du, mask=inside)
-            u_t = tl.trans(u)  # [Q, BB]
-            grad_jr = tl.dot(u_t, ar, grad_jr, input_precision=PRECISION)
-            grad_ji = tl.dot(u_t, ai, grad_ji, input_precision=PRECISION)
-            grad_rr = tl.dot(tl.trans(sr), g, grad_rr, input_precision=PRECISION)
-            grad_ri = tl.dot(tl.trans(si), g, grad_ri, input_precision=PRECISION)
-            grad_t = tl.dot(tl.trans(g), u, grad_t, input_precision=PRECISION)
-            grad_dr += ar * sr + ai * si
-            grad_di += ai * sr - ar * si
-            new_r = tl.dot(g, rr_t, ar * dr + ai * di, input_precision=PRECISION)
-            ai = tl.dot(g, ri_t, ai * dr - ar * di, input_precision=PRECISION)
-            ar = new_r
-        square = (block * H + h) * Q * Q
-        tl.store(dt_ptr + square + steps[:, None] * Q + steps[None, :], grad_t)
-        out = dreadout_ptr + (block * H + h) * 2 * MP * Q + modes[:, None] * Q + steps[None, :]
-        tl.store(out, grad_rr)
-        tl.store(out + MP * Q, grad_ri)
-        out = dinject_ptr + (block * H + h) * 2 * Q * MP + steps[:, None] * MP + modes[None, :]
-        tl.store(out, grad_jr)
-        tl.store(out + Q * MP, grad_ji)
-        out = ddecay_ptr + (block * H + h) * 2 * MP + modes
-        tl.store(out, tl.sum(grad_dr, axis=0))
-        tl.store(out + MP, tl.sum(grad_di, axis=0))
+            g = tl.load(g_rows + time * sg_l, mask=inside, other=0.0)  # [BB, Q]
+            if PART == 0:
+                u = tl.load(u_rows + time * su_l, mask=inside, other=0.0)
+                ar = tl.load(adjoint_ptr + chunk_rows + k * 2 * MP, mask=live[:, None], other=0.0)  # [BB, MP]
+                ai = tl.load(adjoint_ptr + chunk_rows + k * 2 * MP + MP, mask=live[:, None], other=0.0)
+                grad_t = tl.dot(tl.trans(g), u, grad_t, input_precision=PRECISION)
+                u_t = tl.trans(u)  # [Q, BB]
+                grad_r = tl.dot(u_t, ar, grad_r, input_precision=PRECISION)
+                grad_i = tl.dot(u_t, ai, grad_i, input_precision=PRECISION)
+            else:
+                sr = tl.load(states_ptr + chunk_rows + k * 2 * MP, mask=live[:, None], other=0.0)
+                si = tl.load(states_ptr + chunk_rows + k * 2 * MP + MP, mask=live[:, None], other=0.0)
+                grad_r = tl.dot(tl.trans(sr), g, grad_r, input_precision=PRECISION)
+                grad_i = tl.dot(tl.trans(si), g, grad_i, input_precision=PRECISION)
+                ar = tl.load(adjoint_ptr + chunk_rows + k * 2 * MP, mask=live[:, None], other=0.0)
+                ai = tl.load(adjoint_ptr + chunk_rows + k * 2 * MP + MP, mask=live[:, None], other=0.0)
+                grad_dr += ar * sr + ai * si
+                grad_di += ai * sr - ar * si
+        program = block * H + h
+        if PART == 0:
+            tl.store(dt_ptr + program * Q * Q + steps[:, None] * Q + steps[None, :], grad_t)
+            out = dinject_ptr + program * 2 * Q * MP + steps[:, None] * MP + modes[None, :]
+            tl.store(out, grad_r)
+            tl.store(out + Q * MP, grad_i)
+        else:
+            out = dreadout_ptr + program * 2 * MP * Q + modes[:, None] * Q + steps[None, :]
+            tl.store(out, grad_r)
+            tl.store(out + MP * Q, grad_i)
+            out = ddecay_ptr + program * 2 * MP + modes
+            tl.store(out, tl.sum(grad_dr, axis=0))
+            tl.store(out + MP, tl.sum(grad_di, axis=0))
 
 
 def diagonal_sums(square: torch.Tensor) -> torch.Tensor:
@@ -240,11 +269,18 @@ class _ChunkedConv(torch.autograd.Function):
         grad_decay = u.new_zeros(blocks, *decay.shape)
         if batch and width and length:
             states = u.new_empty(batch, width, count, 2, modes)
+            adjoint = u.new_empty(batch, width, count, 2, modes)
             _launch_forward(u, taps, readout, inject, decay, reverse, precision, block_rows, num_warps, states)
-            _chunk_backward_kernel[(width, blocks)](
-                u, grad_y, taps, readout, inject, decay, states, grad_u, grad_t, grad_readout, grad_inject,
-                grad_decay, batch, width, length, count, *u.stride(), *grad_y.stride(), Q=chunk, MP=modes,
-                BB=block_rows, REVERSE=reverse, PRECISION=precision, num_warps=num_warps, **FP_FUSION)
+            grid = (width, blocks)
+            sizes = (batch, width, length, count)
+            common = dict(Q=chunk, MP=modes, BB=block_rows, REVERSE=reverse, PRECISION=precision, **FP_FUSION)
+            readout_t, inject_t = readout.transpose(2, 3).contiguous(), inject.transpose(2, 3).contiguous()
+            _chunk_adjoint_kernel[grid](grad_y, taps, readout_t, inject_t, decay, grad_u, adjoint, *sizes,
+                                        *grad_y.stride(), num_warps=num_warps, **common)
+            for part in (0, 1):
+                _chunk_grads_kernel[grid](u, grad_y, states, adjoint, grad_t, grad_inject, grad_readout, grad_decay,
+                                          *sizes, *u.stride(), *grad_y.stride(), PART=part, num_warps=GRAD_WARPS,
+                                          **common)
         else:
             grad_u.zero_()
         return (grad_u, diagonal_sums(grad_t.sum(0)), grad_readout.sum(0), grad_inject.sum(0), grad_decay.sum(0),
