@@ -81,7 +81,7 @@ def evaluate(kind: str, dtype: torch.dtype, arch: int, num_warps: int = chunked_
              block_rows: int = chunked_conv.BLOCK_ROWS, precision: str = "ieee") -> dict:
     """Compile one launch; its resources, instruction counts per element and modelled H100 time (a dict)."""
     kernel, args, constants = launch(kind, dtype, block_rows=block_rows, precision=precision)
-    num_warps = chunked_conv.GRAD_WARPS if kind.startswith("grads") else num_warps
+    num_warps = chunked_conv.GRAD_WARPS[int(kind[-1])] if kind.startswith("grads") else num_warps
     usage, sass, shared = compile_raw(kernel, args, constants, arch, num_warps)
     fields = resources(usage)
     counts = count_sass(sass)
@@ -98,6 +98,7 @@ def evaluate(kind: str, dtype: torch.dtype, arch: int, num_warps: int = chunked_
     return {"kernel": kind, "dtype": str(dtype).replace("torch.", ""), "arch": arch, "num_warps": num_warps,
             "block_rows": block_rows, "precision": precision, "registers": fields.get("REG", 0),
             "stack": fields.get("STACK", 0), "local": fields.get("LOCAL", 0),
+            "local_ops": opcodes["LDL"] + opcodes["STL"],  # spill loads and stores in the SASS
             "shared": max(shared, fields.get("SHARED", 0)), "instructions": cost.instructions,
             "fma": cost.ffma, "mma_static": mma, "shared_loads": counts.count("shared", trips) / per_thread,
             "bytes": traffic, "issue_ms": cost.issue_ms, "l1_ms": cost.l1_ms, "dram_ms": cost.dram_ms,

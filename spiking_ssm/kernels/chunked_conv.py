@@ -39,7 +39,7 @@ CHUNKS = (16, 32, 64, 128)
 PRECISIONS = ("ieee", "tf32x3", "tf32")
 BLOCK_ROWS = 16  # batch rows per program
 NUM_WARPS = 4  # the forward walk and the adjoint walk
-GRAD_WARPS = 8  # the operator-gradient kernel (at 4 warps ptxas spilled a few registers there, float32 sm_90)
+GRAD_WARPS = (4, 8)  # the operator-gradient kernel's parts 0 and 1: where ptxas spills none on sm_80 and sm_90
 
 
 def padded_modes(modes: int) -> int:
@@ -279,7 +279,7 @@ class _ChunkedConv(torch.autograd.Function):
                                         *grad_y.stride(), num_warps=num_warps, **common)
             for part in (0, 1):
                 _chunk_grads_kernel[grid](u, grad_y, states, adjoint, grad_t, grad_inject, grad_readout, grad_decay,
-                                          *sizes, *u.stride(), *grad_y.stride(), PART=part, num_warps=GRAD_WARPS,
+                                          *sizes, *u.stride(), *grad_y.stride(), PART=part, num_warps=GRAD_WARPS[part],
                                           **common)
         else:
             grad_u.zero_()
