@@ -17,9 +17,12 @@ every product a ``tl.dot``. The backward walks the chunks in reverse walk order 
     ddr += sum(Ar Sr + Ai Si),  ddi += sum(Ai Sr - Ar Si)     (S = S(k), the state entering the chunk)
     dtaps[d] = sum of the d-th lower diagonal of dT
 
-The chunk-start states ``S(k)`` are recomputed, not saved: the backward first runs the forward kernel in its
-state-writing form (a transient ``[B, H, C, 2, MP]`` buffer), then the reverse walk. Each program writes its own
-partial operator gradients (``[batch blocks, H, ...]``), summed in torch: deterministic, no atomics.
+Only ``u`` and the operators are saved. The backward makes four launches over transient ``[B, H, C, 2, MP]``
+buffers: the forward kernel in its state-writing form (``S(k)``, recomputed), the reverse walk
+(:func:`_chunk_adjoint_kernel`: ``dU`` and ``A(k + 1)``), and the operator gradients in two parts
+(:func:`_chunk_grads_kernel`: ``dT``, ``dJ`` from ``U``, ``G``, ``A``; ``dR``, ``d decay`` from ``S``, ``G``, ``A``),
+so that no kernel holds the operators and all the gradient accumulators at once (that spilled). Each program writes
+its own partial operator gradients (``[batch blocks, H, ...]``), summed in torch: deterministic, no atomics.
 
 ``tl.dot`` needs every dimension >= 16: ``Q`` in {16, 32, 64, 128}, the modes are padded on the host to ``MP``, a
 multiple of 16, with zero modes (they contribute nothing), and the row block ``BB >= 16`` is masked past ``B``.
