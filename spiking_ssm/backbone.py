@@ -48,6 +48,7 @@ class SpikingSSMBackbone(nn.Module):
         s4d_implementation: str = "auto",
         conv: str = "auto",
         conv_chunk: int = 64,
+        conv_precision: str = "ieee",
     ):
         super().__init__()
         if n_layers < 1 or d_model < 1:
@@ -59,7 +60,7 @@ class SpikingSSMBackbone(nn.Module):
                 d_model, neuron, norm=norm, norm_place=norm_place, dropout=dropout, d_state=d_state,
                 bidirectional=bidirectional, trainable_B=trainable_B, threshold=threshold, dt_min=dt_min,
                 dt_max=dt_max, ssm_lr=ssm_lr, checkpoint=checkpoint_layers, s4d_implementation=s4d_implementation,
-                conv=conv, conv_chunk=conv_chunk,
+                conv=conv, conv_chunk=conv_chunk, conv_precision=conv_precision,
             )
             for _ in range(n_layers)
         )
@@ -144,6 +145,7 @@ class SpikingSSMClassifier(_Encoded):
         s4d_implementation: str = "auto",
         conv: str = "auto",
         conv_chunk: int = 64,
+        conv_precision: str = "ieee",
     ):
         super().__init__()
         self._build(
@@ -151,7 +153,8 @@ class SpikingSSMClassifier(_Encoded):
             dict(n_layers=n_layers, d_state=d_state, dropout=dropout, bidirectional=bidirectional,
                  trainable_B=trainable_B, norm=norm, norm_place=norm_place, threshold=threshold,
                  dt_min=dt_min, dt_max=dt_max, ssm_lr=ssm_lr, checkpoint_layers=checkpoint_layers,
-                 s4d_implementation=s4d_implementation, conv=conv, conv_chunk=conv_chunk),
+                 s4d_implementation=s4d_implementation, conv=conv, conv_chunk=conv_chunk,
+                 conv_precision=conv_precision),
         )
         self.decoder = nn.Linear(d_model, num_classes)
 
@@ -191,6 +194,7 @@ class SpikingSSMRetrieval(_Encoded):
         s4d_implementation: str = "auto",
         conv: str = "auto",
         conv_chunk: int = 64,
+        conv_precision: str = "ieee",
     ):
         super().__init__()
         self._build(
@@ -198,7 +202,8 @@ class SpikingSSMRetrieval(_Encoded):
             dict(n_layers=n_layers, d_state=d_state, dropout=dropout, bidirectional=bidirectional,
                  trainable_B=trainable_B, norm=norm, norm_place=norm_place, threshold=threshold,
                  dt_min=dt_min, dt_max=dt_max, ssm_lr=ssm_lr, checkpoint_layers=checkpoint_layers,
-                 s4d_implementation=s4d_implementation, conv=conv, conv_chunk=conv_chunk),
+                 s4d_implementation=s4d_implementation, conv=conv, conv_chunk=conv_chunk,
+                 conv_precision=conv_precision),
         )
         d_hidden = d_hidden or d_model
         self.decoder = nn.Sequential(nn.Linear(4 * d_model, d_hidden), nn.GELU(), nn.Linear(d_hidden, num_classes))

@@ -31,6 +31,7 @@ from spiking_ssm.s4d import S4DKernel, bidirectional_kernel, fft_conv
 THRESHOLDS = ("channel", "shared", "fixed")
 CONVS = ("auto", "fft", "chunked")
 CHUNKS = (16, 32, 64, 128)
+CONV_PRECISIONS = ("ieee", "tf32x3", "tf32")
 CPU_MEASUREMENT = (  # why ``auto`` keeps the FFT on CPU (median ms, fwd+bwd of the bidirectional current path)
     "2 cores, torch 2.15, batch 4, width 64, d_state 64: L=256 fft 3.1 / chunked(32) 13.9; L=1024 7.6 / 25.9; "
     "L=8192 55.0 / 113.5 (chunk 64); benchmarks/neuron_speed.py --convs fft chunked --decompose"
@@ -62,8 +63,9 @@ class DropoutNd(nn.Module):
 class SpikingSSM(nn.Module):
     """One SpikingSSM layer: [B, H, L] -> [B, H, L].
 
-    ``conv``/``conv_chunk``: the current path (module docstring); ``last_implementation`` names the one the latest
-    call ran, and ``reports_path`` lets :class:`snn_engine.kernel_usage.ImplementationCounter` count it.
+    ``conv``/``conv_chunk``: the current path (module docstring); ``conv_precision`` how the Triton chunked kernel
+    multiplies float32 (``ieee``: exact float32, the default; ``tf32x3``/``tf32``: tensor cores, only when asked for;
+    float64 and the torch path are always exact); ``last_implementation`` names the one the latest call ran, and ``reports_path`` lets :class:`snn_engine.kernel_usage.ImplementationCounter` count it.
 
     ``threshold``: ``"channel"`` (learnable theta = exp(ln_theta) per channel, init 1: "VT"), ``"shared"``
     (one learnable scalar) or ``"fixed"`` (theta = 1, "VF"). ``D`` is stored as [H, 1] so that, like the
@@ -87,6 +89,7 @@ class SpikingSSM(nn.Module):
         s4d_implementation: str = "auto",
         conv: str = "auto",
         conv_chunk: int = 64,
+        conv_precision: str = "ieee",
     ):
         super().__init__()
         if threshold not in THRESHOLDS:
@@ -95,8 +98,11 @@ class SpikingSSM(nn.Module):
             raise UserError(f"model.conv={conv!r}; choose one of {CONVS}")
         if conv_chunk not in CHUNKS:
             raise UserError(f"model.conv_chunk={conv_chunk!r}; choose one of {CHUNKS}")
+        if conv_precision not in CONV_PRECISIONS:
+            raise UserError(f"model.conv_precision={conv_precision!r}; choose one of {CONV_PRECISIONS}")
         self.conv = conv
         self.conv_chunk = int(conv_chunk)
+        self.conv_precision = conv_precision
         self.last_implementation: str | None = None  # the current path of the latest call, e.g. "chunked (torch)"
         H = d_model
         self.d_model = H
@@ -163,7 +169,11 @@ class SpikingSSM(nn.Module):
             u = u.float()  # as the FFT path: the convolution runs in float32 under autocast
         run = chunked.chunked_conv
         if path == "chunked (triton)":
-            from spiking_ssm.kernels.chunked_conv import chunked_conv_triton as run
+            from functools import partial
+
+            from spiking_ssm.kernels.chunked_conv import chunked_conv_triton
+
+            run = partial(chunked_conv_triton, precision=self.conv_precision)
         ops = [tuple(t.to(u.dtype) for t in op) for op in self.chunk_operators()]
         y = run(u, chunked.ChunkOperators(*ops[0]))
         if self.bidirectional:
@@ -212,13 +222,9 @@ class SpikingSSM(nn.Module):
 
 
 def _triton_unsupported(u: torch.Tensor) -> str | None:
-    """Why the Triton chunked convolution cannot take ``u``, or None."""
+    """Why the Triton chunked convolution cannot take ``u`` (half precision runs in float32), or None."""
     if u.dtype not in (torch.float32, torch.float64, torch.float16, torch.bfloat16):
         return f"it takes float32/float64 inputs, not {u.dtype}"
-    try:
-        import spiking_ssm.kernels.chunked_conv  # noqa: F401
-    except ImportError:
-        return "the Triton chunked convolution is not built yet"
     return None
 
 

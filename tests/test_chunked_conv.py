@@ -204,3 +204,32 @@ def test_a_run_from_before_the_chunked_path_resumes_and_may_switch_paths():
     assert resume_contract.check(new, switched, "last.pt", allow_changes=False) == {"model.conv": ("auto", "chunked")}
     with pytest.raises(UserError, match="model.d_model: 8 -> 16"):
         resume_contract.check(new, dict(new, model=dict(new["model"], d_model=16)), "last.pt", allow_changes=False)
+
+
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_the_layer_runs_the_triton_chunked_kernel_when_asked_and_it_equals_the_fft_path(bidirectional):
+    """Through Triton's interpreter on CPU (tests/conftest.py), on CUDA for real: the layer's whole current path,
+    operators built from the S4D parameters, every gradient."""
+    from spiking_ssm.kernels import runtime
+
+    if runtime.triton_unavailable(torch.device("cpu")) is not None:
+        pytest.skip("Triton's interpreter is off")
+    fft = _layer("fft", bidirectional, 16, width=4, d_state=6)
+    fused = _layer("chunked", bidirectional, 16, width=4, d_state=6, s4d_implementation="triton")
+    u = torch.randn(2, 4, 37, dtype=torch.float64, requires_grad=True)
+    y_fft, y_fused = fft.current(u), fused.current(u)
+    assert fused.last_implementation == "chunked (triton)"
+    assert _relative(y_fused, y_fft) < 1e-10
+    upstream = torch.randn_like(y_fft)
+    names = [name for name, _ in fft.named_parameters() if "output_linear" not in name]
+    for name, a, b in zip(["u"] + names,
+                          torch.autograd.grad(y_fused, [u] + [dict(fused.named_parameters())[n] for n in names],
+                                              upstream),
+                          torch.autograd.grad(y_fft, [u] + [dict(fft.named_parameters())[n] for n in names],
+                                              upstream)):
+        assert _relative(a, b) < 1e-10, name
+
+
+def test_an_unknown_conv_precision_is_one_line():
+    with pytest.raises(UserError, match=r"model.conv_precision='bf16'; choose one of \('ieee', 'tf32x3', 'tf32'\)"):
+        SpikingSSM(4, torch.nn.Identity, conv_precision="bf16")
