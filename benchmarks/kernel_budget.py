@@ -1,9 +1,10 @@
 """What each fused kernel costs on an H100, modelled from its compiled SASS (no GPU needed), and whether it meets
 its budget.
 
-Per kernel and autotune config: registers, spilled bytes, shared memory, SASS instructions per element (FFMA,
-global loads and stores among them), L1 wavefronts and DRAM bytes per element, and the modelled time at H100
-rates for the benchmark launch (batch 64, width 256, L = 8192, d_state 64), the limiting bound starred
+Per kernel and autotune config: registers, bytes of spill stores (``ptxas -v``), shared memory, resident warps per
+SM, SASS instructions per element (FFMA, global loads and stores among them), L1 wavefronts and DRAM bytes per
+element, and the modelled time at H100 rates for the benchmark launch (batch 64, width 256, L = 8192, d_state 64):
+issue, L1, DRAM (at the bandwidth the bytes in flight allow) and latency-bound times, the limiting one starred
 (:mod:`spiking_ssm.kernels.roofline`). Everything printed is MODELLED, not measured; ``--measure`` on a CUDA
 machine times the same launches and prints them beside the model.
 
@@ -11,7 +12,8 @@ machine times the same launches and prints them beside the model.
     python -m benchmarks.kernel_budget --everything --arch 80 90 --odd 90 --check   # the compile test
     python -m benchmarks.kernel_budget --measure           # on a GPU: measured beside modelled
 
-``--check`` exits 1 when a kernel fails to compile, spills, or is over its register or instruction budget.
+``--check`` exits 1 when a kernel fails to compile, spills more than its plan allows (``allowed_spill_bytes``), names
+a guarded branch its SASS does not have, or is over its register or instruction budget.
 Triton's interpreter must be off (``TRITON_INTERPRET`` unset): this compiles real kernels.
 """
 
@@ -27,10 +29,11 @@ os.environ.pop("TRITON_INTERPRET", None)  # before triton is imported: real comp
 os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
 
 from spiking_ssm.kernels import offline, plans as plan_list  # noqa: E402
-from spiking_ssm.kernels.roofline import model  # noqa: E402
+from spiking_ssm.kernels.roofline import DRAM_BYTES_PER_S, model  # noqa: E402
 
-HEADER = (f"{'kernel [config] dtype':<40} {'regs':>4} {'spill':>5} {'smem':>6} {'instr/el':>8} {'ffma':>6} "
-          f"{'ld':>5} {'st':>5} {'L1 wf/el':>8} {'B/el':>5} {'issue':>7} {'L1':>7} {'DRAM':>7}  model ms")
+HEADER = (f"{'kernel [config] dtype':<40} {'regs':>4} {'spill':>5} {'smem':>6} {'occ':>3} {'instr/el':>8} "
+          f"{'ffma':>6} {'ld':>5} {'st':>5} {'L1 wf/el':>8} {'B/el':>5} {'issue':>7} {'L1':>7} {'DRAM':>7} "
+          f"{'latency':>7}  model ms")
 
 
 def evaluate(plan, arch: int, use_cache: bool = True) -> dict:
@@ -45,13 +48,22 @@ def evaluate(plan, arch: int, use_cache: bool = True) -> dict:
         row["traceback"] = traceback.format_exc()[-2000:]
         return row
     cost = model(stats.sass, elements=plan.elements, elements_per_thread=plan.elements_per_thread, trips=plan.trips,
-                 bytes_per_element=plan.bytes_per_element, access=plan.access, runs=plan.runs)
-    row.update(registers=stats.registers, spill_bytes=stats.spill_bytes, shared_bytes=stats.shared_bytes,
+                 bytes_per_element=plan.bytes_per_element, access=plan.access, runs=plan.runs, guarded=plan.guarded,
+                 registers=stats.registers, shared_bytes=stats.shared_bytes, warps=plan.num_warps,
+                 prefetch=plan.prefetch)
+    row.update(registers=stats.registers, stack_bytes=stats.stack_bytes, spill_bytes=stats.spill_store_bytes,
+               spill_load_bytes=stats.spill_load_bytes, shared_bytes=stats.shared_bytes,
                barriers=stats.sass.count("barrier", plan.trips), **{k: getattr(cost, k) for k in (
-                   "instructions", "ffma", "loads", "stores", "wavefronts", "bytes", "issue_ms", "l1_ms", "dram_ms")},
-               ms=cost.ms, limit=cost.limit)
-    if stats.spill_bytes:
-        row["failures"].append(f"spills {stats.spill_bytes} bytes per thread")
+                   "instructions", "ffma", "loads", "stores", "local", "wavefronts", "bytes", "warps_per_sm",
+                   "bandwidth", "issue_ms", "l1_ms", "dram_ms", "latency_ms")},
+               ms=cost.ms, limit=cost.limit, floor_ms=1e3 * plan.elements * plan.bytes_per_element / DRAM_BYTES_PER_S)
+    allowed = plan.allowed_spill_bytes.get(arch, 0)
+    if stats.spill_store_bytes > allowed:
+        row["failures"].append(f"spills {stats.spill_store_bytes} bytes (stores; {stats.spill_load_bytes} loaded, "
+                               f"stack {stats.stack_bytes}) per thread > {allowed} allowed")
+    missing = set(plan.guarded or {}) - stats.sass.guards()
+    if missing:
+        row["failures"].append(f"no branch on source line {sorted(missing)} in the SASS")
     if stats.registers > plan.max_registers:
         row["failures"].append(f"{stats.registers} registers > budget {plan.max_registers}")
     if cost.instructions > plan.max_instructions:
@@ -84,11 +96,12 @@ def _evaluate_all(todo: list, use_cache: bool, jobs: int):
 def format_row(row: dict) -> str:
     if "ms" not in row:
         return f"{row['label']:<40} FAILED: {'; '.join(row['failures'])}"
-    marks = {bound: "*" if row["limit"] == bound else " " for bound in ("issue", "L1", "DRAM")}
+    marks = {bound: "*" if row["limit"] == bound else " " for bound in ("issue", "L1", "DRAM", "latency")}
     return (f"{row['label']:<40} {row['registers']:>4} {row['spill_bytes']:>5} {row['shared_bytes']:>6} "
-            f"{row['instructions']:>8.1f} {row['ffma']:>6.1f} {row['loads']:>5.2f} {row['stores']:>5.2f} "
-            f"{row['wavefronts']:>8.2f} {row['bytes']:>5.1f} {row['issue_ms']:>6.3f}{marks['issue']}"
-            f"{row['l1_ms']:>6.3f}{marks['L1']}{row['dram_ms']:>6.3f}{marks['DRAM']}  {row['ms']:.3f}"
+            f"{row['warps_per_sm']:>3.0f} {row['instructions']:>8.1f} {row['ffma']:>6.1f} {row['loads']:>5.2f} "
+            f"{row['stores']:>5.2f} {row['wavefronts']:>8.2f} {row['bytes']:>5.1f} {row['issue_ms']:>6.3f}"
+            f"{marks['issue']}{row['l1_ms']:>6.3f}{marks['L1']}{row['dram_ms']:>6.3f}{marks['DRAM']}"
+            f"{row['latency_ms']:>6.3f}{marks['latency']}  {row['ms']:.3f}"
             + (f"  OVER BUDGET: {'; '.join(row['failures'])}" if row["failures"] else ""))
 
 
@@ -109,7 +122,7 @@ def summary(rows: list[dict]) -> list[str]:
     for key, row in chosen.items():
         line = f"{key:<36} best [{row['config']}]: {row['ms']:.3f} ms modelled ({row['limit']}-bound)"
         if row["name"] in ("sdn fwd", "sltt fwd"):
-            line += f"; + bwd grad_s*g at the DRAM floor {row['dram_ms']:.3f} ms = {row['ms'] + row['dram_ms']:.3f} ms"
+            line += f"; + bwd grad_s*g at the DRAM floor {row['floor_ms']:.3f} ms = {row['ms'] + row['floor_ms']:.3f} ms"
         backward = chosen.get(key.replace("exact fwd", "exact bwd"))
         if row["name"] == "exact fwd" and backward:
             line += f"; + exact bwd {backward['ms']:.3f} ms = {row['ms'] + backward['ms']:.3f} ms"
@@ -137,7 +150,8 @@ def main(argv: list[str] | None = None) -> int:
     todo += [(plan, arch) for arch in args.odd for plan in plan_list.plans(plan_list.ODD, args.everything)
              if plan.dtype in plan_list.S4D_DTYPES[:1]]
     rows = []
-    print("MODELLED at H100 rates (132 SMs, 1.98 GHz, 2.98 TB/s); batch 64, width 256, L 8192; per element")
+    print("MODELLED at H100 rates (132 SMs, 1.98 GHz, 2.98 TB/s, 700 ns DRAM latency); batch 64, width 256, "
+          "L 8192; per element; spill: bytes of spill stores; occ: resident warps per SM")
     print(HEADER)
     for index, row in enumerate(_evaluate_all(todo, not args.no_cache, args.jobs)):
         row["odd"] = index >= bench  # the odd shape: compiled and checked, not modelled at the benchmark's size

@@ -91,4 +91,4 @@ def measure_beside_model(rows: list[dict]) -> None:
         run = _launcher(row["name"], *_config(row["config"]))
         measured = do_bench(run, warmup=25, rep=200)
         print(f"{row['label']:<40} measured {measured:7.3f} ms   modelled {row['ms']:7.3f} ms ({row['limit']}-bound)"
-              f"   DRAM floor {row['dram_ms']:.3f} ms", flush=True)
+              f"   DRAM floor {row['floor_ms']:.3f} ms", flush=True)

@@ -3,15 +3,17 @@
 ``compile_for(kernel, args, constants, arch, num_warps)`` specialises the arguments exactly as Triton's launcher
 does for a real call (integers equal to 1 become constants, integers that are multiples of 16 and 16-byte-aligned
 pointers get divisibility hints; the launcher's own binder runs on stand-in tensors), compiles to a cubin for
-``sm_{arch}`` on the CPU, and reads registers, spills and shared memory (``cuobjdump -res-usage``) and the SASS
-(``nvdisasm``) into a :class:`KernelStats`. FP fusion is on, as the layer's launches pin it, unless a plan says
+``sm_{arch}`` on the CPU, and reads registers, the stack frame and shared memory (``cuobjdump -res-usage``), the
+bytes of register spill stores and loads (``ptxas -v`` rerun on the kernel's PTX with Triton's own flags) and the
+SASS with source lines (``nvdisasm -c -g``) into a :class:`KernelStats`. Spills show as the ``STACK`` frame (under the
+ABI, ``LOCAL`` stays 0) and as ``STL``/``LDL`` in the SASS. FP fusion is on, as the layer's launches pin it, unless a plan says
 otherwise (``fp_fusion=False``: the ``lif_parallel`` forward, whose float map must round as the sequential loop).
 
 Results are cached as JSON under ``~/.cache/spiking_ssm/kernel_stats`` (or ``$SPIKING_SSM_KERNEL_CACHE``), keyed by
 the kernel's source hash (Triton's ``cache_key``, which covers the helpers it calls), the specialisation, the
 options, the target and the Triton version: an unchanged kernel is never recompiled.
 
-This needs Triton's real JIT (not ``TRITON_INTERPRET=1``) and the ``cuobjdump``/``nvdisasm`` Triton ships; run it in a
+This needs Triton's real JIT (not ``TRITON_INTERPRET=1``) and the ``cuobjdump``/``nvdisasm``/``ptxas`` Triton ships; run it in a
 process without the interpreter (``python -m benchmarks.kernel_budget`` does).
 """
 
@@ -21,6 +23,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import re
 import subprocess
 import tempfile
 from pathlib import Path
@@ -54,7 +57,9 @@ class KernelStats:
     arch: int
     num_warps: int
     registers: int
-    spill_bytes: int  # local memory per thread: 0 unless registers spill (or a stack frame)
+    stack_bytes: int  # stack frame per thread (cuobjdump STACK): spills and local arrays live there
+    spill_store_bytes: int  # bytes of spill stores in the code (ptxas -v; static, not per run)
+    spill_load_bytes: int  # bytes of spill loads in the code
     shared_bytes: int
     sass: SassCounts
 
@@ -101,7 +106,7 @@ def specialise(kernel, args: tuple, constants: dict, arch: int, num_warps: int, 
 def _cache_key(source, options, arch: int) -> str:
     import triton
 
-    text = f"{source.hash()}|{sorted(options.__dict__.items())}|{arch}|{triton.__version__}|sass-v2"
+    text = f"{source.hash()}|{sorted(options.__dict__.items())}|{arch}|{triton.__version__}|sass-v3"
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
@@ -111,14 +116,36 @@ def _run(tool: Path, *args: str) -> str:
 
 
 def _resources(text: str) -> tuple[int, int, int]:
-    """(registers, local bytes, shared bytes) from ``cuobjdump -res-usage``."""
+    """(registers, stack frame bytes, shared bytes) from ``cuobjdump -res-usage`` (its ``LOCAL`` is 0 under the ABI
+    stack: spills are counted in ``STACK``)."""
     fields = {}
     for token in text.replace(",", " ").split():
         if ":" in token:
             key, _, value = token.partition(":")
             if value.isdigit():
                 fields[key] = int(value)
-    return fields.get("REG", 0), fields.get("LOCAL", 0), fields.get("SHARED", 0)
+    return fields.get("REG", 0), fields.get("STACK", 0) + fields.get("LOCAL", 0), fields.get("SHARED", 0)
+
+
+def _spills(text: str) -> tuple[int, int]:
+    """(spill store bytes, spill load bytes) from ``ptxas -v``'s ``N bytes spill stores, M bytes spill loads``."""
+    found = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", text)
+    return (int(found.group(1)), int(found.group(2))) if found else (0, 0)
+
+
+def ptxas_spills(ptx: str, arch: int, fp_fusion: bool) -> tuple[int, int]:
+    """Rerun the ``ptxas`` Triton used for sm_{arch} on ``ptx`` with its flags and ``-v``; the spill bytes."""
+    from triton.backends.nvidia import compiler
+
+    ptxas = compiler.get_ptxas(arch).path
+    gpu = compiler.sm_arch_from_capability(arch)
+    with tempfile.TemporaryDirectory() as tmp:
+        source = Path(tmp) / "kernel.ptx"
+        source.write_text(ptx)
+        done = subprocess.run([ptxas, "-lineinfo", *([] if fp_fusion else ["--fmad=false"]), "-v",
+                               "--regAllocOptLevel=2", f"--gpu-name={gpu}", str(source), "-o",
+                               str(Path(tmp) / "kernel.o")], capture_output=True, text=True, check=True)
+    return _spills(done.stdout + done.stderr)
 
 
 def compile_for(kernel, args: tuple, constants: dict, arch: int, num_warps: int,
@@ -143,9 +170,10 @@ def compile_for(kernel, args: tuple, constants: dict, arch: int, num_warps: int,
     with tempfile.TemporaryDirectory() as tmp:
         cubin = Path(tmp) / "kernel.cubin"
         cubin.write_bytes(compiled.asm["cubin"])
-        registers, local, shared = _resources(_run(folder / "cuobjdump", "-res-usage", str(cubin)))
-        sass = count_sass(_run(folder / "nvdisasm", "-c", str(cubin)))
-    stats = KernelStats(kernel.__name__, arch, num_warps, registers, local,
+        registers, stack, shared = _resources(_run(folder / "cuobjdump", "-res-usage", str(cubin)))
+        sass = count_sass(_run(folder / "nvdisasm", "-c", "-g", str(cubin)))
+    stores, loads = ptxas_spills(compiled.asm["ptx"], arch, fp_fusion)
+    stats = KernelStats(kernel.__name__, arch, num_warps, registers, stack, stores, loads,
                         max(shared, int(compiled.metadata.shared)), sass)
     if use_cache:
         try:
