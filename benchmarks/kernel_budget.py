@@ -53,7 +53,9 @@ def evaluate(plan, arch: int, use_cache: bool = True) -> dict:
                  prefetch=plan.prefetch)
     row.update(registers=stats.registers, stack_bytes=stats.stack_bytes, spill_bytes=stats.spill_store_bytes,
                spill_load_bytes=stats.spill_load_bytes, shared_bytes=stats.shared_bytes,
-               barriers=stats.sass.count("barrier", plan.trips), **{k: getattr(cost, k) for k in (
+               barriers=stats.sass.count("barrier", plan.trips),
+               mma=stats.sass.count("mma", plan.trips, plan.runs, plan.guarded) / plan.elements_per_thread,
+               **{k: getattr(cost, k) for k in (
                    "instructions", "ffma", "loads", "stores", "local", "wavefronts", "bytes", "warps_per_sm",
                    "bandwidth", "issue_ms", "l1_ms", "dram_ms", "latency_ms")},
                ms=cost.ms, limit=cost.limit, floor_ms=1e3 * plan.elements * plan.bytes_per_element / DRAM_BYTES_PER_S)
@@ -127,6 +129,28 @@ def summary(rows: list[dict]) -> list[str]:
         if row["name"] == "exact fwd" and backward:
             line += f"; + exact bwd {backward['ms']:.3f} ms = {row['ms'] + backward['ms']:.3f} ms"
         lines.append(line)
+    lines += _chunked_totals(rows)
+    return lines
+
+
+CHUNKED_PARTS = ("chunked fwd", "chunked states", "chunked adjoint", "chunked grads0", "chunked grads1")
+
+
+def _chunked_totals(rows: list[dict]) -> list[str]:
+    """The chunked current path per dtype, arch and config: one direction's forward and its backward's four
+    launches, and a bidirectional layer's forward+backward (twice that)."""
+    by_config: dict[tuple, dict[str, float]] = {}
+    for r in rows:
+        if "ms" in r and not r.get("odd") and r["name"] in CHUNKED_PARTS:
+            key = (r["dtype"], r["arch"], r["config"].rsplit(" w", 1)[0])
+            by_config.setdefault(key, {})[r["name"]] = r["ms"]
+    lines = []
+    for (dtype, arch, config), parts in sorted(by_config.items()):
+        if set(parts) == set(CHUNKED_PARTS):
+            backward = sum(parts[name] for name in CHUNKED_PARTS[1:])
+            lines.append(f"chunked current path {dtype} sm_{arch} [{config}]: fwd {parts['chunked fwd']:.3f} + bwd "
+                         f"{backward:.3f} ms per direction; bidirectional fwd+bwd "
+                         f"{2 * (parts['chunked fwd'] + backward):.3f} ms (MODELLED)")
     return lines
 
 

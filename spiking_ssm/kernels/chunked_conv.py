@@ -43,6 +43,7 @@ PRECISIONS = ("ieee", "tf32x3", "tf32")
 BLOCK_ROWS = 16  # batch rows per program
 NUM_WARPS = 4  # the forward walk and the adjoint walk
 GRAD_WARPS = (4, 8)  # the operator-gradient kernel's parts 0 and 1: where ptxas spills none on sm_80 and sm_90
+STAGES = 3  # software pipelining of every walk (tl.range): MODELLED best of 1/2/3 (python -m benchmarks.kernel_budget)
 
 
 def padded_modes(modes: int) -> int:
@@ -83,7 +84,8 @@ if triton is not None:
     def _chunk_forward_kernel(u_ptr, taps_ptr, readout_ptr, inject_ptr, decay_ptr, y_ptr, states_ptr,
                               B, H, L, CHUNK_COUNT, su_b, su_h, su_l,
                               Q: tl.constexpr, MP: tl.constexpr, BB: tl.constexpr, REVERSE: tl.constexpr,
-                              WRITE_Y: tl.constexpr, WRITE_STATES: tl.constexpr, PRECISION: tl.constexpr):
+                              WRITE_Y: tl.constexpr, WRITE_STATES: tl.constexpr, PRECISION: tl.constexpr,
+                              STAGES: tl.constexpr = 3):
         """``y`` ``[B, H, L]`` (contiguous) from ``u`` (strides ``su_*``) when ``WRITE_Y``; the chunk-start states
         ``[B, H, CHUNK_COUNT, 2, MP]`` when ``WRITE_STATES``. Operators padded: taps ``[H, Q]``, readout
         ``[H, 2, MP, Q]``, inject ``[H, 2, Q, MP]``, decay ``[H, 2, MP]``."""
@@ -103,7 +105,7 @@ if triton is not None:
         u_rows = u_ptr + rows[:, None] * su_b + h * su_h
         y_rows = y_ptr + (rows[:, None] * H + h) * L
         s_rows = states_ptr + (rows[:, None] * H + h) * CHUNK_COUNT * 2 * MP + modes[None, :]
-        for k in range(CHUNK_COUNT):
+        for k in tl.range(CHUNK_COUNT, num_stages=STAGES):
             time, inside = _chunk(rows, live, k, L, Q, REVERSE)
             u = tl.load(u_rows + time * su_l, mask=inside, other=0.0)  # [BB, Q]
             if WRITE_STATES:
@@ -122,7 +124,7 @@ if triton is not None:
     def _chunk_adjoint_kernel(g_ptr, taps_ptr, readout_t_ptr, inject_t_ptr, decay_ptr, du_ptr, adjoint_ptr,
                               B, H, L, CHUNK_COUNT, sg_b, sg_h, sg_l,
                               Q: tl.constexpr, MP: tl.constexpr, BB: tl.constexpr, REVERSE: tl.constexpr,
-                              PRECISION: tl.constexpr):
+                              PRECISION: tl.constexpr, STAGES: tl.constexpr = 3):
         """The reverse walk: ``du`` ``[B, H, L]`` (contiguous) from ``g`` (strides ``sg_*``), and the adjoint state
         after each chunk, ``A(k + 1)``, at index ``k`` of ``adjoint`` ``[B, H, CHUNK_COUNT, 2, MP]``. The readout
         and inject come transposed (``[H, 2, Q, MP]``, ``[H, 2, MP, Q]``): loaded as the forward loads its own
@@ -143,7 +145,7 @@ if triton is not None:
         g_rows = g_ptr + rows[:, None] * sg_b + h * sg_h
         du_rows = du_ptr + (rows[:, None] * H + h) * L
         a_rows = adjoint_ptr + (rows[:, None] * H + h) * CHUNK_COUNT * 2 * MP + modes[None, :]
-        for step in range(CHUNK_COUNT):
+        for step in tl.range(CHUNK_COUNT, num_stages=STAGES):
             k = CHUNK_COUNT - 1 - step
             time, inside = _chunk(rows, live, k, L, Q, REVERSE)
             g = tl.load(g_rows + time * sg_l, mask=inside, other=0.0)  # [BB, Q]
@@ -161,7 +163,7 @@ if triton is not None:
     def _chunk_grads_kernel(u_ptr, g_ptr, states_ptr, adjoint_ptr, dt_ptr, dinject_ptr, dreadout_ptr, ddecay_ptr,
                             B, H, L, CHUNK_COUNT, su_b, su_h, su_l, sg_b, sg_h, sg_l,
                             Q: tl.constexpr, MP: tl.constexpr, BB: tl.constexpr, REVERSE: tl.constexpr,
-                            PART: tl.constexpr, PRECISION: tl.constexpr):
+                            PART: tl.constexpr, PRECISION: tl.constexpr, STAGES: tl.constexpr = 3):
         """This program's partial operator gradients (``n = program_id(1)``, its batch block), summed over chunks:
         ``PART`` 0: ``dt[n, h]`` ``[Q, Q]`` (the Toeplitz block's, ``G^T U``) and ``dinject[n, h]`` ``[2, Q, MP]``
         (``U^T A``); ``PART`` 1: ``dreadout[n, h]`` ``[2, MP, Q]`` (``S^T G``) and ``ddecay[n, h]`` ``[2, MP]``.
@@ -185,7 +187,7 @@ if triton is not None:
             grad_i = tl.zeros([MP, Q], dtype=dtype)
             grad_dr = tl.zeros([BB, MP], dtype=dtype)
             grad_di = tl.zeros([BB, MP], dtype=dtype)
-        for k in range(CHUNK_COUNT):
+        for k in tl.range(CHUNK_COUNT, num_stages=STAGES):
             time, inside = _chunk(rows, live, k, L, Q, REVERSE)
             g = tl.load(g_rows + time * sg_l, mask=inside, other=0.0)  # [BB, Q]
             if PART == 0:
@@ -243,7 +245,7 @@ def _launch_forward(u, taps, readout, inject, decay, reverse, precision, block_r
         _chunk_forward_kernel[grid](u, taps, readout, inject, decay, y, y if states is None else states,
                                     batch, width, length, count, *u.stride(), Q=chunk, MP=modes, BB=block_rows,
                                     REVERSE=reverse, WRITE_Y=states is None, WRITE_STATES=states is not None,
-                                    PRECISION=precision, num_warps=num_warps, **FP_FUSION)
+                                    PRECISION=precision, STAGES=STAGES, num_warps=num_warps, **FP_FUSION)
     return y
 
 
@@ -276,7 +278,8 @@ class _ChunkedConv(torch.autograd.Function):
             _launch_forward(u, taps, readout, inject, decay, reverse, precision, block_rows, num_warps, states)
             grid = (width, blocks)
             sizes = (batch, width, length, count)
-            common = dict(Q=chunk, MP=modes, BB=block_rows, REVERSE=reverse, PRECISION=precision, **FP_FUSION)
+            common = dict(Q=chunk, MP=modes, BB=block_rows, REVERSE=reverse, PRECISION=precision, STAGES=STAGES,
+                          **FP_FUSION)
             readout_t, inject_t = readout.transpose(2, 3).contiguous(), inject.transpose(2, 3).contiguous()
             _chunk_adjoint_kernel[grid](grad_y, taps, readout_t, inject_t, decay, grad_u, adjoint, *sizes,
                                         *grad_y.stride(), num_warps=num_warps, **common)

@@ -106,7 +106,7 @@ def specialise(kernel, args: tuple, constants: dict, arch: int, num_warps: int, 
 def _cache_key(source, options, arch: int) -> str:
     import triton
 
-    text = f"{source.hash()}|{sorted(options.__dict__.items())}|{arch}|{triton.__version__}|sass-v3"
+    text = f"{source.hash()}|{sorted(options.__dict__.items())}|{arch}|{triton.__version__}|sass-v4"
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 

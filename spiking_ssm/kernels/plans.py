@@ -14,7 +14,7 @@ import dataclasses
 
 import torch
 
-from spiking_ssm.kernels import lif_fixed_point, soma, vandermonde
+from spiking_ssm.kernels import chunked_conv, lif_fixed_point, soma, vandermonde
 from spiking_ssm.kernels.offline import stand_in
 from spiking_ssm.kernels.roofline import Access
 
@@ -187,6 +187,58 @@ def _exact_lif(shape: Shape, dtype) -> list[Plan]:
     return [forward, backward]
 
 
+CHUNK = 64  # the layer's default model.conv_chunk
+# SASS instructions per element each chunked-convolution launch may cost (float32, float64), chunk 64, 32 modes
+CHUNKED_BUDGETS = {"fwd": (270, 300), "states": (100, 120), "adjoint": (285, 320), "grads0": (160, 200),
+                   "grads1": (110, 140)}
+
+
+# The tf32x3 adjoint walk keeps three split operands of four [16..64]-wide tiles live at 168 registers and ptxas
+# stores one 8-byte pair to the stack (sm_90, Triton 3.9); ieee and float64 spill nothing.
+CHUNKED_TF32X3_SPILLS = {80: 64, 90: 16}
+
+
+def _chunked(shape: Shape, dtype, precision: str = "ieee", stages: int = chunked_conv.STAGES) -> list[Plan]:
+    """The chunked current path (``model.conv=chunked`` on CUDA, :mod:`spiking_ssm.kernels.chunked_conv`), one
+    direction: the forward walk, and the backward's four launches (the forward kernel writing only the chunk-start
+    states, the adjoint walk writing du, the two operator-gradient parts). One program per channel and
+    ``BLOCK_ROWS`` batch rows walks ``ceil(L / Q)`` chunks; u contiguous ``[B, H, L]``. DRAM per element: u and y
+    (forward), plus one pass over the ``2 MP / Q`` state values per element for each state read or write."""
+    b, h, length, size = shape.batch, shape.width, shape.length, _size(dtype)
+    chunk = min(CHUNK, 16) if length < CHUNK else CHUNK
+    modes = chunked_conv.padded_modes(shape.d_state // 2)
+    count = -(-length // chunk)
+    rows = chunked_conv.BLOCK_ROWS
+    pointer = stand_in(dtype)
+    sizes = (b, h, length, count, h * length, length, 1)
+    common = dict(Q=chunk, MP=modes, BB=rows, REVERSE=False, PRECISION=precision, STAGES=stages)
+    states = 2 * modes * size / chunk
+    launches = {
+        "fwd": (chunked_conv._chunk_forward_kernel, (pointer,) * 7 + sizes,
+                dict(common, WRITE_Y=True, WRITE_STATES=False), chunked_conv.NUM_WARPS, 2 * size),
+        "states": (chunked_conv._chunk_forward_kernel, (pointer,) * 7 + sizes,
+                   dict(common, WRITE_Y=False, WRITE_STATES=True), chunked_conv.NUM_WARPS, size + states),
+        "adjoint": (chunked_conv._chunk_adjoint_kernel, (pointer,) * 7 + sizes, common, chunked_conv.NUM_WARPS,
+                    2 * size + states),
+        "grads0": (chunked_conv._chunk_grads_kernel, (pointer,) * 8 + sizes + sizes[-3:], dict(common, PART=0),
+                   chunked_conv.GRAD_WARPS[0], 2 * size + states),
+        "grads1": (chunked_conv._chunk_grads_kernel, (pointer,) * 8 + sizes + sizes[-3:], dict(common, PART=1),
+                   chunked_conv.GRAD_WARPS[1], size + 2 * states),
+    }
+    f64 = dtype == torch.float64
+    result = []
+    for kind, (kernel, args, constants, warps, traffic) in launches.items():
+        budget = CHUNKED_BUDGETS[kind][f64] * (1 if chunk == CHUNK else 4)  # short rows: one small chunk
+        config = _describe({"Q": chunk, "BB": rows, "STAGES": stages,
+                            **({"precision": precision} if precision != "ieee" else {})}, warps)
+        spills = CHUNKED_TF32X3_SPILLS if (kind, precision) == ("adjoint", "tf32x3") else {}
+        result.append(Plan(f"chunked {kind}", config, dtype, kernel, args,
+                           constants, warps, b * h * length, rows * length / (32 * warps), count, traffic,
+                           Access(size), max_registers=255, max_instructions=budget, prefetch=max(1, stages - 1),
+                           allowed_spill_bytes=spills))
+    return result
+
+
 def plans(shape: Shape = BENCH, everything: bool = False) -> list[Plan]:
     """The launches to compile: the float32 benchmark set, or (``everything``) every dtype and flag too."""
     soma_dtypes = SOMA_DTYPES if everything else SOMA_DTYPES[:1]
@@ -200,6 +252,11 @@ def plans(shape: Shape = BENCH, everything: bool = False) -> list[Plan]:
     result += _sdn(shape, torch.float32, store_g=False) + _sltt(shape, torch.float32, store_g=False, store_v=False)
     if everything:
         result += _sltt(shape, torch.float32, store_g=True, store_v=True)
+    for dtype in s4d_dtypes:
+        result += _chunked(shape, dtype)
+    result += _chunked(shape, torch.float32, "tf32x3")  # model.conv_precision=tf32x3: tensor cores
+    if everything:
+        result += _chunked(shape, torch.float32, "ieee", stages=1)  # the walk without pipelining, for comparison
     for dtype in s4d_dtypes:
         result += _s4d(shape, dtype, 2)  # bidirectional layers; unidirectional ones (C = 1) in float32 below
     if everything:

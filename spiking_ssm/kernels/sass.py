@@ -27,13 +27,15 @@ _MEMORY = re.compile(r"\[(U?R\w+)(?:\.64)?(?:\+(-?0x[0-9a-f]+|-?\d+))?\]")
 _REGISTER = re.compile(r"\bR(\d+)\b")
 
 KINDS = ("total", "ffma", "fp", "int", "global_load", "global_store", "local", "shared", "barrier", "shuffle",
-         "control")
+         "control", "mma")
 
 
 def _kind(opcode: str) -> str:
     base = opcode.split(".")[0]
     if base in ("FFMA", "FFMA32I", "DFMA", "HFMA2"):
         return "ffma"
+    if base in ("HMMA", "DMMA", "HGMMA", "IMMA", "QGMMA"):  # tensor-core matrix products (tl.dot)
+        return "mma"
     if base in ("LDG",):
         return "global_load"
     if base in ("STG", "RED", "ATOMG"):
