@@ -26,6 +26,7 @@ from snn_engine.ops import OpContext, OpCount
 from snn_engine.recompute import checkpoint_spiking
 from spiking_ssm import chunked
 from spiking_ssm.kernels import runtime
+from spiking_ssm.mixing import PointwiseConv1d
 from spiking_ssm.s4d import S4DKernel, bidirectional_kernel, fft_conv
 
 THRESHOLDS = ("channel", "shared", "fixed")
@@ -115,7 +116,7 @@ class SpikingSSM(nn.Module):
             self.register_buffer("ln_theta", torch.zeros(1, 1))
         self.neuron = neuron()
         self.dropout = DropoutNd(dropout)
-        self.output_linear = nn.Conv1d(H, 2 * H, kernel_size=1)
+        self.output_linear = PointwiseConv1d(H, 2 * H)  # nn.Conv1d(H, 2H, 1); form: spiking_ssm.mixing
         self.glu = nn.GLU(dim=1)
 
     def conv_kernel(self, length: int) -> torch.Tensor:
