@@ -40,6 +40,8 @@ def pointwise(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, 
         return pointwise(x.unsqueeze(0), weight, bias, form).squeeze(0)
     w = weight[..., 0]  # [Cout, Cin]
     if form == "bmm":
+        if torch.is_autocast_enabled(x.device.type):  # cast [Cout, Cin] once, not the expanded [B, Cout, Cin]
+            w = w.to(torch.get_autocast_dtype(x.device.type))
         w = w.expand(x.shape[0], -1, -1)  # [B, Cout, Cin], stride 0 over B: no copy
         if bias is None:
             return torch.bmm(w, x)
