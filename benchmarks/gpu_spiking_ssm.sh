@@ -33,8 +33,8 @@ python3 benchmarks/lif_parallel_iterations.py --fused --sweep 64 --rows 2048 --l
 python3 benchmarks/neuron_speed.py --batch 64 --width 256 --amp --somas "sdn fused" "lif sj" "sltt fused" "exact fused" \
     > "$out/neuron_speed_amp.txt" 2>&1
 for amp in "" --amp; do
-  python3 benchmarks/neuron_speed.py --batch 64 --width 256 --lengths 1024 8192 --somas "sdn fused" "lif sj" "exact fused" \
-      --convs fft chunked --decompose $amp > "$out/neuron_speed_convs${amp/--/_}.txt" 2>&1
+  python3 benchmarks/neuron_speed.py --batch 64 --width 256 --lengths 1024 8192 \
+      --somas "sdn fused" "lif sj" "exact fused" --convs fft chunked --decompose $amp > "$out/neuron_speed_convs${amp/--/_}.txt" 2>&1
 done
 python3 -m benchmarks.layer_parts --profile --batch 64 --width 256 --length 8192 > "$out/mixing_profile.txt" 2>&1
 data=${DATA:-.gpu/data}

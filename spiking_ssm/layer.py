@@ -186,7 +186,7 @@ class SpikingSSM(nn.Module):
         """Dropout (shared over time), pointwise conv H -> 2H and GLU: [B, H, L] -> [B, 2H, L] -> [B, H, L].
 
         ``output_linear`` is an ``nn.Conv1d(H, 2H, 1)`` (:class:`spiking_ssm.mixing.PointwiseConv1d`) run as a
-        convolution (``form="conv"``): on CPU the other forms measured no faster (:mod:`spiking_ssm.mixing`)."""
+        convolution (``form="conv"``): on CPU no other form was faster in every case (:mod:`spiking_ssm.mixing`)."""
         return self.glu(self.output_linear(self.dropout(s)))
 
     def forward(self, u: torch.Tensor) -> torch.Tensor:
