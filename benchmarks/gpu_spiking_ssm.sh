@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Every GPU measurement of the SpikingSSM kernels (issues 8, 16, 18), in one call (a lent GPU machine: run
-# ../shared/gpu/prepare.sh --data first, then the device tool with carry [".gpu"] and this script; about 8 minutes on
+# ../shared/gpu/prepare.sh --data first, then the device tool with carry [".gpu"] and this script; about 9 minutes on
 # an H200). Logs go to ${OUT:-gpu_logs}/; TF32 is off for every reference.
 #   1. the fused kernels' tests (SDN, SLTT, S4D, the exact soma's scans) compiled on CUDA, not the interpreter;
 #   2. the S4D kernel three ways (fused Triton, two-level torch, direct torch): which one `auto` should pick;
@@ -9,6 +9,9 @@
 #      chunk on the GPU (its scan rounds as a tree there: the rounding path's share is only seen on a GPU);
 #   4. the speed table at the paper's setting (batch 64, width 256, d_state 64, L = 1K..8K), with --verify and
 #      --decompose, the exact soma (lif_parallel) included, then the same under autocast;
+#   4b. the current paths side by side (issue 23): fft and chunked layers for the SDN soma, SpikingJelly's LIF and the
+#      exact soma at L = 1K and 8K, part by part (S4D kernel, current path, soma, the mixing in its four forms), in
+#      float32 and under autocast, and the mixing forms' copies/transposes under the profiler (about 1 minute);
 #   5. two epochs of sequential MNIST with the SDN soma and with SpikingJelly's LIF (sequences/s, accuracy), and the
 #      embedded language model trained with sdn, lif_parallel and lif (float32, so that lif_parallel stays exact).
 set -uo pipefail
@@ -29,6 +32,11 @@ python3 benchmarks/neuron_speed.py --batch 64 --width 256 --verify --decompose >
 python3 benchmarks/lif_parallel_iterations.py --fused --sweep 64 --rows 2048 --length 8192 > "$out/lif_parallel_iterations.txt" 2>&1
 python3 benchmarks/neuron_speed.py --batch 64 --width 256 --amp --somas "sdn fused" "lif sj" "sltt fused" "exact fused" \
     > "$out/neuron_speed_amp.txt" 2>&1
+for amp in "" --amp; do
+  python3 benchmarks/neuron_speed.py --batch 64 --width 256 --lengths 1024 8192 \
+      --somas "sdn fused" "lif sj" "exact fused" --convs fft chunked --decompose $amp > "$out/neuron_speed_convs${amp/--/_}.txt" 2>&1
+done
+python3 -m benchmarks.layer_parts --profile --batch 64 --width 256 --length 8192 > "$out/mixing_profile.txt" 2>&1
 data=${DATA:-.gpu/data}
 for soma in sdn lif; do
   python3 train.py experiment=seq/smnist neuron=$soma trainer=gpu trainer.epochs=2 logger=none \

@@ -4,6 +4,7 @@
     python benchmarks/neuron_speed.py --batch 64 --width 256              # the paper's setting (a GPU)
     python benchmarks/neuron_speed.py --batch 64 --width 256 --decompose  # where the layer's time goes
     python benchmarks/neuron_speed.py --verify                            # fused kernels against torch first
+    python benchmarks/neuron_speed.py --convs fft chunked --decompose     # the two current paths, part by part
 
 Somas (the layers share their weights; only the soma and the S4D path differ):
 - ``sdn fused``: the SDN soma's Triton kernel (``neuron=sdn``, the default on CUDA);
@@ -17,12 +18,20 @@ Somas (the layers share their weights; only the soma and the S4D path differ):
 The ``torch`` rows run the whole layer in torch (``model.s4d_implementation=torch``); the others use the fused
 S4D kernel where it runs. Fused rows need CUDA (or ``TRITON_INTERPRET=1``, meaningful for ``--verify`` only).
 
-Columns: median milliseconds of the soma alone (on [L, B, H] currents seen as the layer's [B, H, L] memory) and of
-the whole layer; the layer's speed-up over ``lif sj`` and over ``bptt loop``. ``floor`` is the memory floor of a
-soma: reading y and writing s forward, reading ds and writing dy backward, at the copy bandwidth measured here.
-Peak memory of a layer step is printed on CUDA. ``--amp`` runs the layers under autocast as ``trainer=gpu`` does
-(the somas alone stay float32: the FFT hands them float32 currents). The paper reports 7.5x (1K) to 101x (8K) over
-its BPTT.
+``--convs`` builds each soma's layer once per current path (``model.conv``: ``fft``, the reference and the default
+here, ``chunked`` or ``auto``); a row is named ``soma / conv`` when a path other than ``fft`` is asked for. The
+Python-loop somas run with ``fft`` only (their layer time is the loop's, whatever the convolution).
+
+Columns: ``soma ms``, median milliseconds of the soma alone (on [L, B, H] currents seen as the layer's [B, H, L]
+memory; the same soma, so the same number, for each conv); ``/floor``, that over the soma's memory floor (reading y
+and writing s forward, reading ds and writing dy backward, at the copy bandwidth measured here; the ``floor`` row);
+``layer ms``, the whole layer; ``vs fft``, the speed-up of this layer over the same soma's layer with the FFT path
+(``-`` without one); ``vs lif sj``, over ``lif sj`` with the FFT path; ``vs loop``, over ``bptt loop``; ``peak
+GiB``, the peak memory of a layer step (CUDA only); ``path``, the current path that ran
+(``layer.last_implementation``). ``--decompose`` then prints each layer's parts (:mod:`benchmarks.layer_parts`: S4D
+kernel, the current path, permutes, soma, the mixing in each of its forms, the whole layer), median milliseconds
+forward+backward. ``--amp`` runs the layers and their parts under autocast as ``trainer=gpu`` does (the somas stay
+float32: both current paths hand them float32 currents). The paper reports 7.5x (1K) to 101x (8K) over its BPTT.
 """
 
 from __future__ import annotations
@@ -40,7 +49,7 @@ from spikingjelly.activation_based.surrogate import PiecewiseQuadratic
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from spiking_ssm.kernels.runtime import triton_unavailable  # noqa: E402
-from spiking_ssm.layer import SpikingSSM  # noqa: E402
+from spiking_ssm.layer import CONVS, SpikingSSM  # noqa: E402
 from spiking_ssm.neurons import make_ssm_neuron  # noqa: E402
 
 LOOP_MAX_LENGTH = 8192  # the Python loops are timed up to here (minutes per pass beyond)
@@ -103,11 +112,20 @@ def copy_bandwidth(device: torch.device, numel: int) -> float:
     return 2 * src.numel() * src.element_size() / seconds
 
 
-def build_layer(name: str, args, device: torch.device) -> SpikingSSM:
+def build_layer(name: str, args, device: torch.device, conv: str = "fft") -> SpikingSSM:
     factory, s4d, _, _ = SOMAS[name]
     torch.manual_seed(0)  # identical weights in every layer
     return SpikingSSM(args.width, factory, d_state=args.d_state, bidirectional=True,
-                      s4d_implementation=s4d).to(device)
+                      s4d_implementation=s4d, conv=conv).to(device)
+
+
+def convs_for(name: str, args) -> list[str]:
+    """The current paths ``name``'s layer is timed with: ``--convs``, the FFT only for the Python loops."""
+    return ["fft"] if SOMAS[name][3] else list(args.convs)
+
+
+def label(name: str, conv: str, args) -> str:
+    return name if list(args.convs) == ["fft"] else f"{name} / {conv}"
 
 
 def autocast(args, device: torch.device):
@@ -166,24 +184,33 @@ def measure_length(length: int, args, device: torch.device, bandwidth: float) ->
     y = (torch.randn(args.batch, args.width, length, generator=g) * 1.2).to(device)
     y_view = y.permute(2, 0, 1).requires_grad_()  # [L, B, H] over the layer's [B, H, L] memory
     up_view = upstream.permute(2, 0, 1)
-    rows = {}
+    rows = {}  # (soma, conv) -> (soma s, layer s, peak bytes, path that ran)
     for name in names:
-        layer = build_layer(name, args, device)
         repeats = min(args.repeats, 3) if SOMAS[name][3] else args.repeats
-        strided = getattr(layer.neuron, "accepts_strided_input", False)
-        soma = median_seconds(soma_step(layer.neuron, y_view, up_view, not strided), device, repeats, args.warmup)
-        step = layer_step(layer, x, upstream, args, device)
-        whole = median_seconds(step, device, repeats, args.warmup)
-        rows[name] = (soma, whole, peak_bytes(step, device))
-        del layer
+        soma = None
+        for conv in convs_for(name, args):
+            layer = build_layer(name, args, device, conv)
+            if soma is None:  # the soma alone does not depend on the conv
+                strided = getattr(layer.neuron, "accepts_strided_input", False)
+                soma = median_seconds(soma_step(layer.neuron, y_view, up_view, not strided), device, repeats,
+                                      args.warmup)
+            step = layer_step(layer, x, upstream, args, device)
+            whole = median_seconds(step, device, repeats, args.warmup)
+            rows[name, conv] = (soma, whole, peak_bytes(step, device), layer.last_implementation)
+            del layer
     floor = 4 * y.numel() * y.element_size() / bandwidth
-    for name, (soma, whole, peak) in rows.items():
+    width = label_width(args)
+    for (name, conv), (soma, whole, peak, path) in rows.items():
         vs = [f"{rows[ref][1] / whole:>{w - 1}.1f}x" if ref in rows else f"{'-':>{w}}"
-              for ref, w in (("lif sj", 10), ("bptt loop", 9))]
+              for ref, w in (((name, "fft"), 8), (("lif sj", "fft"), 10), (("bptt loop", "fft"), 9))]
         memory = f"{peak / 2**30:>10.2f}" if peak is not None else f"{'-':>10}"
-        print(f"{length:>6} {name:<11}{1e3 * soma:>11.3f}{soma / floor:>9.1f}x{1e3 * whole:>11.2f}"
-              + "".join(vs) + memory, flush=True)
-    print(f"{length:>6} {'floor':<11}{1e3 * floor:>11.3f}", flush=True)
+        print(f"{length:>6} {label(name, conv, args):<{width}}{1e3 * soma:>11.3f}{soma / floor:>9.1f}x"
+              f"{1e3 * whole:>11.2f}" + "".join(vs) + memory + f"  {path}", flush=True)
+    print(f"{length:>6} {'floor':<{width}}{1e3 * floor:>11.3f}", flush=True)
+
+
+def label_width(args) -> int:
+    return max(11, 1 + max(len(label(name, conv, args)) for name in args.somas for conv in args.convs))
 
 
 def decompose(length: int, args, device: torch.device) -> None:
@@ -191,12 +218,13 @@ def decompose(length: int, args, device: torch.device) -> None:
     from benchmarks.layer_parts import layer_parts  # noqa: E402 - only for --decompose
 
     for name in runnable(args.somas, args, device, length):
-        layer = build_layer(name, args, device)
-        parts = layer_parts(layer, args.batch, length, device)
-        cells = "  ".join(f"{part} {1e3 * median_seconds(step, device, args.repeats, args.warmup):.2f}"
-                          for part, step in parts.items())
-        print(f"{length:>6} {name:<11} {cells}", flush=True)
-        del layer
+        for conv in convs_for(name, args):
+            layer = build_layer(name, args, device, conv)
+            parts = layer_parts(layer, args.batch, length, device, lambda: autocast(args, device))
+            cells = "  ".join(f"{part} {1e3 * median_seconds(step, device, args.repeats, args.warmup):.2f}"
+                              for part, step in parts.items())
+            print(f"{length:>6} {label(name, conv, args):<{label_width(args)}} {cells}", flush=True)
+            del layer
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -210,6 +238,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--somas", nargs="+", default=list(SOMAS), choices=list(SOMAS))
     parser.add_argument("--loop-max-length", type=int, default=LOOP_MAX_LENGTH,
                         help="skip the Python-loop somas above this length")
+    parser.add_argument("--convs", nargs="+", default=["fft"], choices=list(CONVS),
+                        help="the layer's current paths (model.conv) to time, each a row per soma")
     parser.add_argument("--decompose", action="store_true", help="also time each part of the layer")
     parser.add_argument("--amp", action="store_true", help="run the layers under autocast (fp16 on CUDA), as trainer=gpu")
     parser.add_argument("--verify", action="store_true", help="compare the fused kernels with torch first")
@@ -230,8 +260,8 @@ def main(argv: list[str] | None = None) -> None:
         verify(args.batch, args.width, args.d_state, min(args.lengths), device)
     bandwidth = copy_bandwidth(device, args.batch * args.width * max(args.lengths))
     print(f"copy bandwidth {bandwidth / 1e9:.0f} GB/s")
-    print(f"{'L':>6} {'soma':<11}{'soma ms':>11}{'/floor':>10}{'layer ms':>11}{'vs lif sj':>10}{'vs loop':>9}"
-          f"{'peak GiB':>10}")
+    print(f"{'L':>6} {'soma':<{label_width(args)}}{'soma ms':>11}{'/floor':>10}{'layer ms':>11}{'vs fft':>8}"
+          f"{'vs lif sj':>10}{'vs loop':>9}{'peak GiB':>10}  path")
     for length in args.lengths:
         measure_length(length, args, device, bandwidth)
     if args.decompose:
