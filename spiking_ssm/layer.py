@@ -175,10 +175,11 @@ class SpikingSSM(nn.Module):
             from spiking_ssm.kernels.chunked_conv import chunked_conv_triton
 
             run = partial(chunked_conv_triton, precision=self.conv_precision)
-        ops = [tuple(t.to(u.dtype) for t in op) for op in self.chunk_operators()]
-        y = run(u, chunked.ChunkOperators(*ops[0]))
-        if self.bidirectional:
-            y = y + run(u, chunked.ChunkOperators(*ops[1]), reverse=True)
+        with torch.autocast(u.device.type, enabled=False):  # autocast would run the products in half precision
+            ops = [tuple(t.to(u.dtype) for t in op) for op in self.chunk_operators()]
+            y = run(u, chunked.ChunkOperators(*ops[0]))
+            if self.bidirectional:
+                y = y + run(u, chunked.ChunkOperators(*ops[1]), reverse=True)
         return y
 
     def spikes(self, u: torch.Tensor) -> torch.Tensor:

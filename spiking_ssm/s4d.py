@@ -177,7 +177,8 @@ class S4DKernel(nn.Module):
             from spiking_ssm.kernels.vandermonde import fused_vandermonde_kernel
 
             return fused_vandermonde_kernel(C * Bbar, dtA, int(length))
-        return two_level_vandermonde(C * Bbar, dtA, int(length))
+        with torch.autocast(dtA.device.type, enabled=False):  # its real matmul would otherwise run in half precision
+            return two_level_vandermonde(C * Bbar, dtA, int(length))
 
     def implementation_for(self, device: torch.device) -> str:
         """``"triton"`` or ``"torch"``: what builds the kernel on ``device`` (an impossible request raises)."""
