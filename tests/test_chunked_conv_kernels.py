@@ -5,21 +5,15 @@ Without a GPU the kernels run in Triton's CPU interpreter (``TRITON_INTERPRET=1`
 small and odd: L not a multiple of the chunk, L < Q, L = 1, B = 1 and B past one 16-row block, M not a multiple of
 16, both walk directions, chunks 16 and 32. float64 must equal the reference to 1e-12 (relative to the largest
 value); float32 must be within 2e-6 of the float64 reference for the currents and 1e-5 for every gradient.
-The compile test builds every kernel for sm_80/sm_90 in a process without the interpreter.
+Compiling them for sm_80/sm_90 (registers, spills, budgets) is tests/test_kernel_compile.py's job (compile plans
+in spiking_ssm/kernels/plans.py).
 """
-
-import json
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
 
 from spiking_ssm.chunked import ChunkOperators, chunk_operators, chunked_conv
-from spiking_ssm.kernels.offline import tools_dir
 from spiking_ssm.kernels.runtime import triton
-from tests.helpers import REPO
 
 pytestmark = pytest.mark.skipif(triton is None, reason="Triton is not installed")
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -146,29 +140,3 @@ def test_rejects_unsupported_inputs():
         chunked_conv_triton(torch.zeros(1, 2, 5, device=DEVICE, dtype=torch.float16), ops)
     with pytest.raises(ValueError, match="block_rows"):
         chunked_conv_triton(torch.zeros(1, 2, 5, device=DEVICE), ops, block_rows=24)
-
-
-@pytest.fixture(scope="module")
-def compiled(tmp_path_factory):
-    if tools_dir() is None:
-        pytest.skip("triton's bundled cuobjdump/nvdisasm are not installed")
-    out = tmp_path_factory.mktemp("chunked") / "rows.json"
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}  # the real compiler
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
-    done = subprocess.run([sys.executable, "-m", "benchmarks.chunked_conv_speed", "--arch", "80", "90", "--dtype",
-                           "float32", "float64", "--json", str(out)],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=1800)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    return json.loads(out.read_text())
-
-
-def test_kernels_compile_for_sm80_and_sm90_without_spills(compiled):
-    seen = {(row["kernel"], row["dtype"], row["arch"]) for row in compiled}
-    kernels = {"fwd", "states", "adjoint", "grads0", "grads1"}
-    assert seen == {(k, d, a) for k in kernels for d in ("float32", "float64") for a in (80, 90)}
-    for row in compiled:
-        where = f"sm_{row['arch']} {row['kernel']} {row['dtype']}"
-        assert row["stack"] == 0 and row["local"] == 0 and row["local_ops"] == 0, f"{where} spills: {row}"
-        assert 0 < row["registers"] <= 255, where
-        if row["dtype"] == "float64":
-            assert row["mma_static"] > 0, f"{where}: float64 tl.dot should run on DMMA"

@@ -22,7 +22,8 @@ from spiking_ssm.kernels.sass import count_sass
 from tests.helpers import REPO
 
 ARCHS = ("80", "90")
-KERNELS = {"sdn fwd", "sltt fwd", "s4d fwd C=2", "s4d bwd C=2", "exact fwd", "exact bwd"}
+KERNELS = {"sdn fwd", "sltt fwd", "s4d fwd C=2", "s4d bwd C=2", "exact fwd", "exact bwd", "chunked fwd",
+           "chunked states", "chunked adjoint", "chunked grads0", "chunked grads1"}
 SOMA_DTYPES = {"float32", "float16", "bfloat16", "float64"}
 
 
@@ -48,12 +49,19 @@ def test_every_kernel_compiles_without_undeclared_spills_within_budget(report, a
     assert {row["dtype"] for row in rows if row["name"] == "sdn fwd"} == SOMA_DTYPES
     assert {row["dtype"] for row in rows if row["name"] == "sltt fwd"} == SOMA_DTYPES
     assert {row["dtype"] for row in rows if row["name"] == "exact fwd"} == {"float32", "float64"}
+    assert {row["dtype"] for row in rows if row["name"] == "chunked fwd"} == {"float32", "float64"}
+    # tl.dot: float64 runs on DMMA, tf32x3 on HMMA; the default float32 ("ieee") is exact FFMA, no tensor core
+    chunked = [row for row in rows if row["name"].startswith("chunked") and not row["odd"]]
+    for row in chunked:
+        tensor_cores = row["dtype"] == "float64" or "tf32x3" in row["config"]
+        assert (row["mma"] > 0) == tensor_cores, row["label"]
     failures = [f"sm_{arch} {'odd ' if row['odd'] else ''}{row['label']}: {'; '.join(row['failures'])}"
                 for row in rows if row["failures"]]
     assert not failures, "\n".join(failures)
     assert all(row["registers"] > 0 and row["instructions"] > 0 for row in rows)
     spilled = {row["label"] for row in rows if row["spill_bytes"] and not row["odd"]}
-    assert spilled and all("sdn fwd" in label and "float64" in label for label in spilled), spilled  # seen, stated
+    stated = lambda label: ("sdn fwd" in label and "float64" in label) or "tf32x3" in label  # noqa: E731
+    assert spilled and all(stated(label) for label in spilled), spilled  # seen, and stated by their plans
 
 
 def test_model_reflects_latency(report):

@@ -46,6 +46,14 @@ GRAD_WARPS = (4, 8)  # the operator-gradient kernel's parts 0 and 1: where ptxas
 STAGES = 3  # software pipelining of every walk (tl.range): MODELLED best of 1/2/3 (python -m benchmarks.kernel_budget)
 
 
+def stages_for(length: int, strides: tuple[int, ...]) -> int:
+    """``STAGES`` for a launch: pipelined when the length and the non-unit strides are multiples of 16 (the
+    launcher's divisibility hints: aligned vector loads); without them ptxas spills the pipelined walks (sm_90), so
+    a plain walk."""
+    aligned = length % 16 == 0 and all(stride % 16 == 0 for stride in strides if stride != 1)
+    return STAGES if aligned else 1
+
+
 def padded_modes(modes: int) -> int:
     """The mode axis the kernels use: ``modes`` rounded up to a multiple of 16."""
     return max(16, -(-modes // 16) * 16)
@@ -245,7 +253,8 @@ def _launch_forward(u, taps, readout, inject, decay, reverse, precision, block_r
         _chunk_forward_kernel[grid](u, taps, readout, inject, decay, y, y if states is None else states,
                                     batch, width, length, count, *u.stride(), Q=chunk, MP=modes, BB=block_rows,
                                     REVERSE=reverse, WRITE_Y=states is None, WRITE_STATES=states is not None,
-                                    PRECISION=precision, STAGES=STAGES, num_warps=num_warps, **FP_FUSION)
+                                    PRECISION=precision, STAGES=stages_for(length, u.stride()), num_warps=num_warps,
+                                    **FP_FUSION)
     return y
 
 
@@ -278,7 +287,8 @@ class _ChunkedConv(torch.autograd.Function):
             _launch_forward(u, taps, readout, inject, decay, reverse, precision, block_rows, num_warps, states)
             grid = (width, blocks)
             sizes = (batch, width, length, count)
-            common = dict(Q=chunk, MP=modes, BB=block_rows, REVERSE=reverse, PRECISION=precision, STAGES=STAGES,
+            stages = stages_for(length, u.stride() + grad_y.stride())
+            common = dict(Q=chunk, MP=modes, BB=block_rows, REVERSE=reverse, PRECISION=precision, STAGES=stages,
                           **FP_FUSION)
             readout_t, inject_t = readout.transpose(2, 3).contiguous(), inject.transpose(2, 3).contiguous()
             _chunk_adjoint_kernel[grid](grad_y, taps, readout_t, inject_t, decay, grad_u, adjoint, *sizes,
