@@ -2,7 +2,7 @@
 # Every GPU measurement of the SpikingSSM kernels (issues 8, 16, 18), in one call (a lent GPU machine: run
 # ../shared/gpu/prepare.sh --data first, then the device tool with carry [".gpu"] and this script; about 9 minutes on
 # an H200). Logs go to ${OUT:-gpu_logs}/; TF32 is off for every reference.
-#   1. the fused kernels' tests (SDN, SLTT, S4D, the exact soma's scans) compiled on CUDA, not the interpreter;
+#   1. the fused kernels' tests (SDN, SLTT, S4D, the exact soma's scans, the chunked convolution) on CUDA, not the interpreter;
 #   2. the S4D kernel three ways (fused Triton, two-level torch, direct torch): which one `auto` should pick;
 #   3. every fused kernel's measured time beside its modelled one (benchmarks/kernel_budget.py --measure), which
 #      also times each SLTT pipelining (STAGES), SDN block and exact-soma chunk config; the exact soma's scans per
@@ -24,7 +24,7 @@ if [[ -d .gpu ]]; then
 fi
 export WANDB_MODE=disabled PYTHONUNBUFFERED=1 NVIDIA_TF32_OVERRIDE=0
 nvidia-smi --query-gpu=name,memory.total --format=csv > "$out/gpu.txt" 2>&1
-python3 -m pytest -q -p no:cacheprovider -n 8 tests/test_ssm_kernels.py tests/test_lif_parallel_kernels.py \
+python3 -m pytest -q -p no:cacheprovider -n 8 tests/test_ssm_kernels.py tests/test_lif_parallel_kernels.py tests/test_chunked_conv_kernels.py \
     > "$out/kernel_tests.txt" 2>&1
 python3 benchmarks/s4d_speed.py --device cuda --lengths 1024 8192 --repeats 20 > "$out/s4d_speed.txt" 2>&1
 python3 -m benchmarks.kernel_budget --measure --jobs 12 > "$out/kernel_budget.txt" 2>&1  # measured beside modelled

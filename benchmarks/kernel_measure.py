@@ -15,9 +15,9 @@ from spiking_ssm.kernels.plans import BENCH
 
 
 def _config(text: str) -> tuple[dict, int]:
-    """``"BLOCK=256 w4"`` -> ``({"BLOCK": 256}, 4)``."""
+    """``"BLOCK=256 w4"`` -> ``({"BLOCK": 256}, 4)`` (``precision=tf32x3`` stays a string)."""
     *pairs, warps = text.split()
-    return {k: int(v) for k, v in (pair.split("=") for pair in pairs)}, int(warps[1:])
+    return {k: int(v) if v.isdigit() else v for k, v in (pair.split("=") for pair in pairs)}, int(warps[1:])
 
 
 def _launcher(name: str, kwargs: dict, warps: int):
@@ -42,6 +42,8 @@ def _launcher(name: str, kwargs: dict, warps: int):
         return lambda: soma._sltt_forward_kernel[grid](*args, STORE_G=store_g, STORE_V=False, F64=False, **options)
     if name.startswith("exact"):
         return _exact_launcher(name, kwargs, warps)
+    if name.startswith("chunked"):
+        return _chunked_launcher(name, kwargs, warps)
     channels = int(name.split("C=")[1])
     coeff = torch.randn(channels, h, n2, 2, device=cuda)
     dta = torch.stack([-torch.rand(h, n2, device=cuda), torch.randn(h, n2, device=cuda)], -1)
@@ -76,6 +78,47 @@ def _exact_launcher(name: str, kwargs: dict, warps: int):
         grad, y, spikes, out, length, tau, alpha, BLOCK=kwargs["BLOCK"], F64=False, num_warps=warps, **FP_FUSION)
 
 
+def _chunked_launcher(name: str, kwargs: dict, warps: int):
+    """One launch of the chunked current path (``model.conv=chunked``), causal walk, on N(0, 1) inputs and operators
+    from S4D-like parameters: as :func:`spiking_ssm.kernels.chunked_conv.chunked_conv_triton` and its backward make
+    them."""
+    from spiking_ssm.chunked import chunk_operators
+    from spiking_ssm.kernels import chunked_conv as cc
+
+    b, h, length, cuda = BENCH.batch, BENCH.width, BENCH.length, torch.device("cuda")
+    chunk, rows, precision = kwargs["Q"], kwargs["BB"], kwargs.get("precision", "ieee")
+    modes = BENCH.d_state // 2
+    dta = torch.complex(-0.5 * torch.rand(h, modes, device=cuda) * 0.1, torch.randn(h, modes, device=cuda) * 0.1)
+    ops = cc.pad_operators(chunk_operators(torch.randn(h, modes, dtype=torch.complex64, device=cuda), dta, chunk),
+                           torch.float32)
+    u, grad = torch.randn(b, h, length, device=cuda), torch.randn(b, h, length, device=cuda)
+    count, blocks, padded = triton_cdiv(length, chunk), triton_cdiv(b, rows), ops[-1].shape[-1]
+    states = torch.empty(b, h, count, 2, padded, device=cuda)
+    adjoint = torch.empty_like(states)
+    kind = name.split()[1]
+    if kind == "fwd":
+        return lambda: cc._launch_forward(u, *ops, False, precision, rows, warps)
+    if kind == "states":
+        return lambda: cc._launch_forward(u, *ops, False, precision, rows, warps, states)
+    common = dict(Q=chunk, MP=padded, BB=rows, REVERSE=False, PRECISION=precision, STAGES=kwargs["STAGES"],
+                  num_warps=warps, **FP_FUSION)
+    sizes, grid = (b, h, length, count), (h, blocks)
+    if kind == "adjoint":
+        taps, readout, inject, decay = ops
+        readout_t, inject_t, du = readout.transpose(2, 3).contiguous(), inject.transpose(2, 3).contiguous(), \
+            torch.empty_like(u)
+        return lambda: cc._chunk_adjoint_kernel[grid](grad, taps, readout_t, inject_t, decay, du, adjoint, *sizes,
+                                                      *grad.stride(), **common)
+    outs = (torch.zeros(blocks, h, chunk, chunk, device=cuda), torch.zeros(blocks, *ops[2].shape, device=cuda),
+            torch.zeros(blocks, *ops[1].shape, device=cuda), torch.zeros(blocks, *ops[3].shape, device=cuda))
+    return lambda: cc._chunk_grads_kernel[grid](u, grad, states, adjoint, *outs, *sizes, *u.stride(),
+                                                *grad.stride(), PART=int(kind[-1]), **common)
+
+
+def triton_cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
 def measure_beside_model(rows: list[dict]) -> None:
     """Print ``kernel [config]: measured ms, modelled ms (bound)`` for each float32 sm_90 row."""
     from triton.testing import do_bench
@@ -88,7 +131,11 @@ def measure_beside_model(rows: list[dict]) -> None:
     for row in rows:
         if "ms" not in row:
             continue
-        run = _launcher(row["name"], *_config(row["config"]))
-        measured = do_bench(run, warmup=25, rep=200)
+        try:
+            run = _launcher(row["name"], *_config(row["config"]))
+            measured = do_bench(run, warmup=25, rep=200)
+        except Exception as error:  # noqa: BLE001 - one launch that fails must not cost the other rows
+            print(f"{row['label']:<40} FAILED to launch: {type(error).__name__}: {str(error)[:200]}", flush=True)
+            continue
         print(f"{row['label']:<40} measured {measured:7.3f} ms   modelled {row['ms']:7.3f} ms ({row['limit']}-bound)"
               f"   DRAM floor {row['floor_ms']:.3f} ms", flush=True)
