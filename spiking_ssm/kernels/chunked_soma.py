@@ -52,6 +52,7 @@ from spiking_ssm.kernels.runtime import triton
 from spiking_ssm.kernels.soma import SDN_NUM_WEIGHTS, SDNWeights
 
 HALO = 8  # the SDN's window: the currents y[t-8 .. t-1]
+SOMA_WARPS = 8  # the fused walk (4 spill on sm_90 for bidirectional layers); the other kernels: NUM_WARPS
 
 if triton is not None:
     import triton.language as tl
@@ -103,19 +104,18 @@ if triton is not None:
         modes = tl.arange(0, MP)
         steps = tl.arange(0, Q)
         t_t = _toeplitz(taps_ptr, h, Q, True)  # [Q, Q]
+        p = L % Q
+        if BIDIRECTIONAL:
+            t_t += _anticausal_taps(taps_b_ptr, h, p, Q, False)  # one in-chunk product for both directions
         rr = _part(readout_ptr, h, 0, MP, Q)  # [MP, Q]
         ri = _part(readout_ptr, h, 1, MP, Q)
         jr = _part(inject_ptr, h, 0, Q, MP)  # [Q, MP]
         ji = _part(inject_ptr, h, 1, Q, MP)
         dr = tl.load(decay_ptr + h * 2 * MP + modes)[None, :]
         di = tl.load(decay_ptr + (h * 2 + 1) * MP + modes)[None, :]
-        p = L % Q
-        if BIDIRECTIONAL:
-            a1 = _anticausal_taps(taps_b_ptr, h, p, Q, False)
+        if BIDIRECTIONAL and ALIGNED:
             rb_r = _turned_readout(readout_b_ptr, h, 0, p, MP, Q)
             rb_i = _turned_readout(readout_b_ptr, h, 1, p, MP, Q)
-            if not ALIGNED:
-                a2 = _anticausal_taps(taps_b_ptr, h, p, Q, True)
         dtype = u_ptr.dtype.element_ty
         sr = tl.zeros([BB, MP], dtype=dtype)
         si = tl.zeros([BB, MP], dtype=dtype)
@@ -142,14 +142,16 @@ if triton is not None:
             y = tl.dot(sr, rr, y, input_precision=PRECISION)
             y = tl.dot(si, ri, y, input_precision=PRECISION)
             if BIDIRECTIONAL:
-                y = tl.dot(u, a1, y, input_precision=PRECISION)
                 cb = L // Q - k - 1  # the reverse chunk of steps p .. Q - 1
                 sb_r, sb_i = _state(states_b_ptr, rows, live, h, H, cb, CHUNK_COUNT, MP)
                 if ALIGNED:
                     y = tl.dot(sb_r, rb_r, y, input_precision=PRECISION)
                     y = tl.dot(sb_i, rb_i, y, input_precision=PRECISION)
                 else:
-                    y = tl.dot(v, a2, y, input_precision=PRECISION)
+                    # loaded per chunk (L1-resident): kept in registers across the walk they spill
+                    y = tl.dot(v, _anticausal_taps(taps_b_ptr, h, p, Q, True), y, input_precision=PRECISION)
+                    rb_r = _turned_readout(readout_b_ptr, h, 0, p, MP, Q)
+                    rb_i = _turned_readout(readout_b_ptr, h, 1, p, MP, Q)
                     sa_r, sa_i = _state(states_b_ptr, rows, live, h, H, cb + 1, CHUNK_COUNT, MP)
                     y_a = tl.dot(sa_r, rb_r, input_precision=PRECISION)
                     y_a = tl.dot(sa_i, rb_i, y_a, input_precision=PRECISION)
@@ -207,17 +209,17 @@ def _launch_sdn_walk(u, ops_f, ops_b, states_b, weights: SDNWeights, ds, precisi
     return out
 
 
-def _states(u, ops, reverse, precision, block_rows, num_warps):
+def _states(u, ops, reverse, precision, block_rows, _soma_warps=None):
     """Chunk-start states ``[B, H, C, 2, MP]`` of one direction (the state-writing chunked-convolution walk)."""
     batch, width, length = u.shape
     count = triton.cdiv(length, ops[0].shape[-1])
     states = u.new_empty(batch, width, count, 2, ops[3].shape[-1])
     if batch and width and length:
-        _launch_forward(u, *ops, reverse, precision, block_rows, num_warps, states)
+        _launch_forward(u, *ops, reverse, precision, block_rows, NUM_WARPS, states)
     return states
 
 
-def _direction_backward(u, grad_y, ops, states, reverse, precision, block_rows, num_warps):
+def _direction_backward(u, grad_y, ops, states, reverse, precision, block_rows, _soma_warps=None):
     """``(du, dtaps, dreadout, dinject, ddecay)`` of one direction given ``dLoss/dy``, as the chunked
     convolution's backward computes them (its adjoint walk and operator-gradient kernels)."""
     taps, readout, inject, decay = ops
@@ -235,7 +237,7 @@ def _direction_backward(u, grad_y, ops, states, reverse, precision, block_rows, 
         common = dict(Q=chunk, MP=modes, BB=block_rows, REVERSE=reverse, PRECISION=precision, **FP_FUSION)
         readout_t, inject_t = readout.transpose(2, 3).contiguous(), inject.transpose(2, 3).contiguous()
         _chunk_adjoint_kernel[grid](grad_y, taps, readout_t, inject_t, decay, grad_u, adjoint, *sizes,
-                                    *grad_y.stride(), num_warps=num_warps, **common)
+                                    *grad_y.stride(), num_warps=NUM_WARPS, **common)
         for part in (0, 1):
             _chunk_grads_kernel[grid](u, grad_y, states, adjoint, grad_t, grads[1], grads[0], grads[2], *sizes,
                                       *u.stride(), *grad_y.stride(), PART=part, num_warps=GRAD_WARPS[part], **common)
@@ -275,15 +277,16 @@ class _ChunkedSDN(torch.autograd.Function):
 
 def chunked_sdn_spikes(u: torch.Tensor, ops_list: list[ChunkOperators], weights: SDNWeights,
                        precision: str = "ieee", block_rows: int = BLOCK_ROWS,
-                       num_warps: int = NUM_WARPS) -> torch.Tensor:
+                       num_warps: int = SOMA_WARPS) -> torch.Tensor:
     """SDN spikes of the chunked S4D currents: ``u`` ``[B, H, L]`` (float32 or float64, any strides) -> spikes
     ``[B, H, L]`` (contiguous, ``u``'s dtype, values 0 and 1), never holding the currents in memory.
 
     ``ops_list``: ``[causal]`` or ``[causal, anti-causal]`` (``SpikingSSM.chunk_operators()``, in any real dtype:
     cast to ``u``'s), both with the same chunk ``Q`` in (16, 32, 64, 128) and the same number of modes;
     ``weights``: :func:`spiking_ssm.kernels.soma.sdn_params` for ``u``'s dtype. Differentiable in ``u`` and in
-    every operator tensor (SDNNeuron's surrogate; no gradient through the membrane estimate). ``precision``,
-    ``block_rows``, ``num_warps``: as :func:`spiking_ssm.kernels.chunked_conv.chunked_conv_triton`.
+    every operator tensor (SDNNeuron's surrogate; no gradient through the membrane estimate). ``precision`` and
+    ``block_rows`` as :func:`spiking_ssm.kernels.chunked_conv.chunked_conv_triton`; ``num_warps``: the fused walk's
+    (the chunked convolution's state and adjoint kernels keep their own).
     """
     if not 1 <= len(ops_list) <= 2:
         raise ValueError(f"ops_list must hold 1 (causal) or 2 (bidirectional) ChunkOperators, got {len(ops_list)}")
