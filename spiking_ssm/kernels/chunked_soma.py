@@ -62,20 +62,9 @@ if triton is not None:
     from spiking_ssm.kernels.tiles import _columns, _rows4
 
     @triton.jit
-    def _anticausal_taps(taps_ptr, h, p, Q: tl.constexpr, NEXT: tl.constexpr):
-        """``[Q, Q]`` taking inputs ``j`` to outputs ``i``: ``A1`` (this chunk's inputs) or, ``NEXT``, ``A2`` (the
-        next chunk's), for reverse chunks that end at step ``p`` of each causal chunk (see the module docstring)."""
-        j = tl.arange(0, Q)[:, None]
-        i = tl.arange(0, Q)[None, :]
-        if NEXT:
-            return tl.load(taps_ptr + h * Q + Q + j - i, mask=(j < p) & (i >= p), other=0.0)
-        same = (j < p) == (i < p)
-        return tl.load(taps_ptr + h * Q + j - i, mask=(j >= i) & same, other=0.0)
-
-    @triton.jit
-    def _turned_readout(readout_ptr, h, part, p, MP: tl.constexpr, Q: tl.constexpr):
-        """``[MP, Q]``: column ``i`` is the anti-causal readout's column ``(p - 1 - i) mod Q``."""
-        turn = (p - 1 - tl.arange(0, Q) + Q) % Q
+    def _reversed_readout(readout_ptr, h, part, MP: tl.constexpr, Q: tl.constexpr):
+        """``[MP, Q]``: column ``i`` is the anti-causal readout's column ``Q - 1 - i`` (reverse chunk step of i)."""
+        turn = Q - 1 - tl.arange(0, Q)
         return tl.load(readout_ptr + (h * 2 + part) * MP * Q + tl.arange(0, MP)[:, None] * Q + turn[None, :])
 
     @triton.jit
@@ -87,6 +76,19 @@ if triton is not None:
         return tl.load(at, mask=ok, other=0.0), tl.load(at + MP, mask=ok, other=0.0)
 
     @triton.jit
+    def _anticausal(u_rows, su_l, rows, live, h, H, L, k, start, taps_t, rb_r, rb_i, states_ptr, CHUNK_COUNT,
+                    Q: tl.constexpr, MP: tl.constexpr, PRECISION: tl.constexpr):
+        """``[BB, Q]``: the anti-causal currents at times ``start + i``, the steps of reverse chunk ``L // Q - k - 1``
+        (``start = kQ + L mod Q``): ``W @ T_b + S @ R_b`` with that chunk's inputs ``W`` and entering state ``S``."""
+        time = start + tl.arange(0, Q)
+        inside = live[:, None] & ((time >= 0) & (time < L))[None, :]
+        w = tl.load(u_rows + time[None, :] * su_l, mask=inside, other=0.0)
+        s_r, s_i = _state(states_ptr, rows, live, h, H, L // Q - k - 1, CHUNK_COUNT, MP)
+        y = tl.dot(w, taps_t, input_precision=PRECISION)
+        y = tl.dot(s_r, rb_r, y, input_precision=PRECISION)
+        return tl.dot(s_i, rb_i, y, input_precision=PRECISION)
+
+    @triton.jit
     def _sdn_chunk_kernel(u_ptr, taps_ptr, readout_ptr, inject_ptr, decay_ptr, taps_b_ptr, readout_b_ptr,
                           states_b_ptr, W, scratch_ptr, out_ptr, ds_ptr,
                           B, H, L, CHUNK_COUNT, su_b, su_h, su_l, sd_b, sd_h, sd_l,
@@ -96,72 +98,75 @@ if triton is not None:
         """Spikes ``[B, H, L]`` (contiguous) from ``u`` (strides ``su_*``); ``BACKWARD``: ``dy = ds * g`` instead,
         ``ds`` with strides ``sd_*``. Operators padded as the chunked-convolution kernels take them; anti-causal
         taps ``[H, Q]``, readout ``[H, 2, MP, Q]`` and chunk-start states ``[B, H, CHUNK_COUNT, 2, MP]`` (read only
-        when ``BIDIRECTIONAL``). ``scratch``: ``[programs, BB, 8 + Q]``. ``ALIGNED``: ``L`` is a multiple of ``Q``."""
+        when ``BIDIRECTIONAL``). ``ALIGNED``: ``L`` is a multiple of ``Q``. ``scratch``: ``[programs, BB, WIDTH]``,
+        ``WIDTH = 8 + Q``, or ``8 + 3Q`` for a bidirectional layer with ``L`` not a multiple of ``Q`` (``SHIFTED``:
+        the anti-causal currents go through columns ``8 + Q ..`` as they straddle two chunks)."""
+        SHIFTED: tl.constexpr = BIDIRECTIONAL and not ALIGNED
+        WIDTH: tl.constexpr = 8 + Q + 2 * Q * SHIFTED  # 8: HALO (a jit function reads no module globals)
         h = tl.program_id(0).to(tl.int64)
         block = tl.program_id(1).to(tl.int64)
         rows = block * BB + tl.arange(0, BB)
         live = rows < B
         modes = tl.arange(0, MP)
         steps = tl.arange(0, Q)
-        t_t = _toeplitz(taps_ptr, h, Q, True)  # [Q, Q]
         p = L % Q
+        t_t = _toeplitz(taps_ptr, h, Q, True)  # [Q, Q]
         if BIDIRECTIONAL:
-            t_t += _anticausal_taps(taps_b_ptr, h, p, Q, False)  # one in-chunk product for both directions
+            taps_b = _toeplitz(taps_b_ptr, h, Q, False)  # [Q, Q]: T_b[j, i] = taps_b[j - i]
+            rb_r = _reversed_readout(readout_b_ptr, h, 0, MP, Q)
+            rb_i = _reversed_readout(readout_b_ptr, h, 1, MP, Q)
+            if ALIGNED:
+                t_t += taps_b  # the reverse chunks are the chunks: one in-chunk product for both directions
         rr = _part(readout_ptr, h, 0, MP, Q)  # [MP, Q]
         ri = _part(readout_ptr, h, 1, MP, Q)
         jr = _part(inject_ptr, h, 0, Q, MP)  # [Q, MP]
         ji = _part(inject_ptr, h, 1, Q, MP)
         dr = tl.load(decay_ptr + h * 2 * MP + modes)[None, :]
         di = tl.load(decay_ptr + (h * 2 + 1) * MP + modes)[None, :]
-        if BIDIRECTIONAL and ALIGNED:
-            rb_r = _turned_readout(readout_b_ptr, h, 0, p, MP, Q)
-            rb_i = _turned_readout(readout_b_ptr, h, 1, p, MP, Q)
         dtype = u_ptr.dtype.element_ty
         sr = tl.zeros([BB, MP], dtype=dtype)
         si = tl.zeros([BB, MP], dtype=dtype)
         u_rows = u_ptr + rows[:, None] * su_b + h * su_h
-        # the scratch: row r of this program at scratch + r (8 + Q); the soma's [BB Q / 4, 4] tiles of steps
-        width: tl.constexpr = 8 + Q  # 8: HALO (a jit function reads no module globals)
-        scratch = scratch_ptr + (block * H + h) * BB * width
-        tile_rows = scratch + tl.arange(0, BB)[:, None] * width  # [BB, 1]
+        # the scratch: this program's row r at scratch + r WIDTH; the soma's [BB Q / 4, 4] tiles of steps
+        scratch = scratch_ptr + (block * H + h) * BB * WIDTH
+        tile_rows = scratch + tl.arange(0, BB)[:, None] * WIDTH  # [BB, 1]
+        back_rows = tile_rows + 8 + Q  # SHIFTED: anti-causal currents of steps 0 .. p + Q - 1 of the chunk
         quads = tl.arange(0, BB * Q // 4)
         local = quads // (Q // 4)
         col = (quads % (Q // 4))[:, None] * 4 + tl.arange(0, 4)[None, :]  # [BB Q / 4, 4]: step in the chunk
-        window = scratch + local[:, None] * width + col  # y[t - 8] of step col
+        window = scratch + local[:, None] * WIDTH + col  # y[t - 8] of step col
         quad_rows = block * BB + local
         quad_live = (quad_rows < B)[:, None]
         out_rows = out_ptr + (quad_rows[:, None] * H + h) * L
         ds_rows = ds_ptr + quad_rows[:, None] * sd_b + h * sd_h
         tl.store(tile_rows + tl.arange(0, 8)[None, :], tl.zeros([BB, 8], dtype=dtype))  # before the sequence
+        tail = (steps >= Q - p)[None, :]  # SHIFTED: the steps of a reverse chunk that fall in the next chunk
+        if SHIFTED:  # the last reverse chunk: its steps p - Q .. p - 1 (its last p are the first of chunk 0)
+            y_b = _anticausal(u_rows, su_l, rows, live, h, H, L, -1, p - Q, taps_b, rb_r, rb_i, states_b_ptr,
+                              CHUNK_COUNT, Q, MP, PRECISION)
+            tl.store(back_rows + steps[None, :] - (Q - p), y_b, mask=tail)
         time, inside = _chunk(rows, live, 0, L, Q, False)
         u = tl.load(u_rows + time * su_l, mask=inside, other=0.0)  # [BB, Q]
         for k in range(CHUNK_COUNT):
-            time, inside = _chunk(rows, live, k + 1, L, Q, False)
-            v = tl.load(u_rows + time * su_l, mask=inside, other=0.0)  # the next chunk's inputs
             y = tl.dot(u, t_t, input_precision=PRECISION)
             y = tl.dot(sr, rr, y, input_precision=PRECISION)
             y = tl.dot(si, ri, y, input_precision=PRECISION)
             if BIDIRECTIONAL:
-                cb = L // Q - k - 1  # the reverse chunk of steps p .. Q - 1
-                sb_r, sb_i = _state(states_b_ptr, rows, live, h, H, cb, CHUNK_COUNT, MP)
                 if ALIGNED:
-                    y = tl.dot(sb_r, rb_r, y, input_precision=PRECISION)
-                    y = tl.dot(sb_i, rb_i, y, input_precision=PRECISION)
+                    s_r, s_i = _state(states_b_ptr, rows, live, h, H, CHUNK_COUNT - 1 - k, CHUNK_COUNT, MP)
+                    y = tl.dot(s_r, rb_r, y, input_precision=PRECISION)
+                    y = tl.dot(s_i, rb_i, y, input_precision=PRECISION)
                 else:
-                    # loaded per chunk (L1-resident): kept in registers across the walk they spill
-                    y = tl.dot(v, _anticausal_taps(taps_b_ptr, h, p, Q, True), y, input_precision=PRECISION)
-                    rb_r = _turned_readout(readout_b_ptr, h, 0, p, MP, Q)
-                    rb_i = _turned_readout(readout_b_ptr, h, 1, p, MP, Q)
-                    sa_r, sa_i = _state(states_b_ptr, rows, live, h, H, cb + 1, CHUNK_COUNT, MP)
-                    y_a = tl.dot(sa_r, rb_r, input_precision=PRECISION)
-                    y_a = tl.dot(sa_i, rb_i, y_a, input_precision=PRECISION)
-                    y_b = tl.dot(sb_r, rb_r, input_precision=PRECISION)
-                    y_b = tl.dot(sb_i, rb_i, y_b, input_precision=PRECISION)
-                    y += tl.where(steps[None, :] < p, y_a, y_b)
+                    y_b = _anticausal(u_rows, su_l, rows, live, h, H, L, k, k * Q + p, taps_b, rb_r, rb_i,
+                                      states_b_ptr, CHUNK_COUNT, Q, MP, PRECISION)
+                    tl.store(back_rows + p + steps[None, :], y_b)
+                    tl.debug_barrier()
+                    y += tl.load(back_rows + steps[None, :])
             new_r = tl.dot(u, jr, sr * dr - si * di, input_precision=PRECISION)
             si = tl.dot(u, ji, sr * di + si * dr, input_precision=PRECISION)
             sr = new_r
-            u = v
+            time, inside = _chunk(rows, live, k + 1, L, Q, False)
+            u = tl.load(u_rows + time * su_l, mask=inside, other=0.0)  # the next chunk's inputs
             # the soma on this chunk's currents
             tl.store(tile_rows + 8 + steps[None, :], y)
             tl.debug_barrier()
@@ -182,8 +187,10 @@ if triton is not None:
             else:
                 tl.store(out_rows + step, (z >= 0).to(dtype), mask=keep)
             tl.debug_barrier()
-            # this chunk's last 8 currents become the next chunk's halo
+            # this chunk's last 8 currents become the next chunk's halo; the reverse chunk's tail its first p
             tl.store(tile_rows + steps[None, :] - (Q - 8), y, mask=(steps >= Q - 8)[None, :])
+            if SHIFTED:
+                tl.store(back_rows + steps[None, :] - (Q - p), y_b, mask=tail)
 
 
 def _launch_sdn_walk(u, ops_f, ops_b, states_b, weights: SDNWeights, ds, precision, block_rows, num_warps):
@@ -195,8 +202,9 @@ def _launch_sdn_walk(u, ops_f, ops_b, states_b, weights: SDNWeights, ds, precisi
     out = u.new_empty(batch, width, length)
     if not (batch and width and length):
         return out.zero_() if ds is not None else out
-    scratch = u.new_empty(blocks * width, block_rows, HALO + chunk)
     bidirectional = ops_b is not None
+    shifted = bidirectional and length % chunk != 0  # the kernel's SHIFTED: room for the anti-causal currents
+    scratch = u.new_empty(blocks * width, block_rows, HALO + chunk + 2 * chunk * shifted)
     taps_b, readout_b = (ops_b[0], ops_b[1]) if bidirectional else (ops_f[0], ops_f[1])
     f64 = u.dtype == torch.float64
     w = weights.tensor if f64 else weights.values  # float64 from memory; else constant-bank arguments
