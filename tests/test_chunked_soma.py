@@ -145,7 +145,7 @@ BATCH, WIDTH, LENGTH, MODES, CHUNK = 64, 256, 8192, 32, 64  # the benchmark laun
 VARIANTS = [("causal", False, True), ("bidir", True, True), ("bidir odd L", True, False)]
 
 
-def _compile_rows(archs, dtypes) -> list[dict]:
+def _compile_rows(archs, dtypes, warps=None, variants=VARIANTS) -> list[dict]:
     """Compile the fused walk (forward and backward form) for each variant, arch and dtype; resources and the
     MODELLED cost of the benchmark launch (``LENGTH - 3`` steps for the odd-length variant)."""
     import collections
@@ -161,7 +161,7 @@ def _compile_rows(archs, dtypes) -> list[dict]:
             size = torch.empty(0, dtype=dtype).element_size()
             pointer = offline.stand_in(dtype)
             weights = pointer if dtype == torch.float64 else tuple(0.01 * i for i in range(154))
-            for name, bidirectional, aligned in VARIANTS:
+            for name, bidirectional, aligned in variants:
                 for backward in (False, True):
                     length = LENGTH if aligned else LENGTH - 3
                     count = -(-length // CHUNK)
@@ -170,23 +170,24 @@ def _compile_rows(archs, dtypes) -> list[dict]:
                     constants = dict(Q=CHUNK, MP=MODES, BB=chunked_soma.BLOCK_ROWS, BIDIRECTIONAL=bidirectional,
                                      ALIGNED=aligned, BACKWARD=backward, W_IN_ARGS=dtype != torch.float64,
                                      PRECISION="ieee")
+                    num_warps = warps or chunked_soma.soma_warps(dtype)
                     usage, sass, shared = compile_raw(chunked_soma._sdn_chunk_kernel, args, constants, arch,
-                                                      chunked_soma.SOMA_WARPS)
+                                                      num_warps)
                     fields = resources(usage)
                     opcodes = collections.Counter(m.group(1).split(".")[0] for m in _OPCODE.finditer(sass))
                     # DRAM per element: u read, spikes written (backward: ds read, dy written); the anti-causal
                     # states, 2 MP numbers per chunk of Q, read once (the walk that writes them is not counted)
                     traffic = 2 * size + (2 * MODES * size / CHUNK if bidirectional else 0.0)
-                    per_thread = chunked_soma.BLOCK_ROWS * length / (32 * chunked_soma.SOMA_WARPS)
+                    per_thread = chunked_soma.BLOCK_ROWS * length / (32 * num_warps)
                     cost = model(count_sass(sass), elements=BATCH * WIDTH * length, elements_per_thread=per_thread,
                                  trips=count, bytes_per_element=traffic, access=Access(size))
                     rows.append({"variant": name, "backward": backward, "dtype": str(dtype).replace("torch.", ""),
-                                 "arch": arch, "registers": fields.get("REG", 0), "stack": fields.get("STACK", 0),
+                                 "arch": arch, "num_warps": num_warps, "registers": fields.get("REG", 0), "stack": fields.get("STACK", 0),
                                  "local": fields.get("LOCAL", 0), "local_ops": opcodes["LDL"] + opcodes["STL"],
                                  "shared": max(shared, fields.get("SHARED", 0)), "instructions": cost.instructions,
                                  "fma": cost.ffma, "bytes": traffic, "ms": cost.ms, "limit": cost.limit})
                     row = rows[-1]
-                    print(f"sm_{arch} {row['dtype']:<7} {name:<11} {'bwd' if backward else 'fwd'} regs "
+                    print(f"sm_{arch} {row['dtype']:<7} {name:<11} {'bwd' if backward else 'fwd'} w{num_warps} regs "
                           f"{row['registers']:>3} stack {row['stack']:>4} local_ops {row['local_ops']:>3} smem "
                           f"{row['shared']:>6} MODELLED instr/el {row['instructions']:6.1f} fma/el {row['fma']:6.1f}"
                           f" DRAM B/el {traffic:4.1f} {row['ms']:.3f} ms ({row['limit']})", flush=True)
@@ -220,10 +221,13 @@ if __name__ == "__main__":  # run without TRITON_INTERPRET: this compiles real k
     parser = argparse.ArgumentParser(description="compile the fused walk; print resources and MODELLED cost")
     parser.add_argument("--arch", type=int, nargs="+", default=[80, 90])
     parser.add_argument("--dtype", nargs="+", default=["float32", "float64"], choices=["float32", "float64"])
+    parser.add_argument("--warps", type=int, help="num_warps (default: the kernel's own for the dtype)")
+    parser.add_argument("--variant", nargs="+", default=[v[0] for v in VARIANTS])
     parser.add_argument("--json", help="write the rows here")
     options = parser.parse_args()
     print(f"MODELLED at H100 rates; batch {BATCH}, width {WIDTH}, L {LENGTH}, d_state {2 * MODES}, chunk {CHUNK}")
-    result = _compile_rows(options.arch, [getattr(torch, name) for name in options.dtype])
+    result = _compile_rows(options.arch, [getattr(torch, name) for name in options.dtype], options.warps,
+                           [v for v in VARIANTS if v[0] in options.variant])
     if options.json:
         with open(options.json, "w") as handle:
             json.dump(result, handle, indent=1)

@@ -54,6 +54,11 @@ from spiking_ssm.kernels.soma import SDN_NUM_WEIGHTS, SDNWeights
 HALO = 8  # the SDN's window: the currents y[t-8 .. t-1]
 SOMA_WARPS = 8  # the fused walk (4 spill on sm_90 for bidirectional layers); the other kernels: NUM_WARPS
 
+
+def soma_warps(dtype: torch.dtype) -> int:
+    """The fused walk's default ``num_warps`` for ``dtype``."""
+    return SOMA_WARPS
+
 if triton is not None:
     import triton.language as tl
 
@@ -285,7 +290,7 @@ class _ChunkedSDN(torch.autograd.Function):
 
 def chunked_sdn_spikes(u: torch.Tensor, ops_list: list[ChunkOperators], weights: SDNWeights,
                        precision: str = "ieee", block_rows: int = BLOCK_ROWS,
-                       num_warps: int = SOMA_WARPS) -> torch.Tensor:
+                       num_warps: int | None = None) -> torch.Tensor:
     """SDN spikes of the chunked S4D currents: ``u`` ``[B, H, L]`` (float32 or float64, any strides) -> spikes
     ``[B, H, L]`` (contiguous, ``u``'s dtype, values 0 and 1), never holding the currents in memory.
 
@@ -313,5 +318,6 @@ def chunked_sdn_spikes(u: torch.Tensor, ops_list: list[ChunkOperators], weights:
                          f"u's dtype), got {list(tensor.shape)} {tensor.dtype} on {tensor.device}")
     if u.dtype == torch.float64:
         precision = "ieee"
+    num_warps = num_warps or soma_warps(u.dtype)
     padded = [t for ops in ops_list for t in pad_operators(ops, u.dtype)]
     return _ChunkedSDN.apply(u, weights, (precision, block_rows, num_warps), *padded)
