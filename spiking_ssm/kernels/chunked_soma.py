@@ -20,17 +20,19 @@ order (the walk of :mod:`spiking_ssm.kernels.chunked_conv`, whose helpers it use
 The anti-causal half (``chunked_conv(..., reverse=True)``) chunks the reversed sequence: its chunks end at times
 ``L - cQ``, offset from the causal ones by ``p = L mod Q``. Its chunk-start states ``[B, H, C, 2, MP]`` come first,
 from the chunked-convolution forward kernel walking in reverse and writing only the states (a transient buffer,
-``2 MP / Q`` numbers per element, freed after the launch). Then in causal chunk ``k`` the steps ``i < p`` belong to
-reverse chunk ``cA = L // Q - k`` and the steps ``i >= p`` to ``cB = cA - 1``, which reaches ``p`` steps into chunk
-``k + 1``; so with ``V`` the next chunk's inputs (loaded anyway, one chunk ahead):
+``2 MP / Q`` numbers per element, freed after the launch). With ``T_b[j, i] = taps_b[j - i]`` (``j >= i``) and
+``R_b`` the readout with its columns reversed, reverse chunk ``c`` gives the currents of its ``Q`` steps in time
+order as ``W @ T_b + S(c) @ R_b`` (``W``: its inputs in time order, ``S(c)``: its state). Then
 
-    y += U @ A1 + V @ A2 + where(i < p, SA @ R', SB @ R')
-    A1[j, i] = taps_b[j - i]       (j >= i, j and i on the same side of p)
-    A2[j, i] = taps_b[Q + j - i]   (j < p <= i)
-    R'[:, i] = readout_b[:, (p - 1 - i) mod Q]   (the reverse chunk's step of causal step i)
+- ``p = 0`` (``ALIGNED``): reverse chunk ``C - 1 - k`` is causal chunk ``k``; ``T^T + T_b`` is one in-chunk
+  matrix, and the chunk's ``y = U @ (T^T + T_b) + S @ R + S(C - 1 - k) @ R_b``;
+- ``p > 0`` (``SHIFTED``): the reverse chunk ``L // Q - k - 1`` covers times ``kQ + p .. kQ + p + Q - 1``
+  (the inputs read once more, shifted by ``p``, from L1/L2); its currents go to a second scratch region, whose
+  first ``p`` columns hold the previous reverse chunk's last ``p`` (computed once before the walk for chunk 0),
+  and chunk ``k`` adds columns ``0 .. Q - 1`` of it to its causal currents.
 
-Every product is the one :func:`spiking_ssm.chunked.chunked_conv` makes, so the operator gradients are exactly the
-unfused path's. When ``p = 0`` (``ALIGNED``) ``A2`` and ``SA`` vanish and are skipped.
+Every product is one that :func:`spiking_ssm.chunked.chunked_conv` makes (the same chunks in both directions), and
+the gradients come from its own kernels, so the operator gradients are exactly the unfused path's.
 
 Backward recomputes: the causal and anti-causal chunk-start states (the state-writing forward kernel, as the
 chunked convolution's own backward does), then the same fused walk with ``BACKWARD``: it reads ``ds`` instead of
@@ -52,7 +54,7 @@ from spiking_ssm.kernels.runtime import triton
 from spiking_ssm.kernels.soma import SDN_NUM_WEIGHTS, SDNWeights
 
 HALO = 8  # the SDN's window: the currents y[t-8 .. t-1]
-SOMA_WARPS = 8  # the fused walk (4 spill on sm_90 for bidirectional layers); the other kernels: NUM_WARPS
+SOMA_WARPS = 8  # the fused walk (4 warps: 255 registers on sm_90); the chunked convolution's kernels: NUM_WARPS
 
 
 def soma_warps(dtype: torch.dtype) -> int:
