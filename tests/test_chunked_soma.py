@@ -123,6 +123,20 @@ def test_float32_equals_unfused_path(shape, bidirectional):
     assert all(error <= 1e-5 for error in errors.values()), errors
 
 
+def test_saves_only_the_inputs_for_backward():
+    """Nothing of size [B, H, L] but ``u`` itself is kept between forward and backward (the currents are not)."""
+    batch, width, length, modes, chunk = 3, 1, 350, 4, 32  # B H L above the operators' sizes (1024 at most)
+    neuron = _neuron()
+    ops_list = _operators(width, modes, chunk, True, torch.float32)
+    u, _ = _inputs(batch, width, length, torch.float32)
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        spikes = _fused(u, ops_list, neuron)
+    assert set(spikes.detach().unique().tolist()) <= {0.0, 1.0}
+    full = [t for t in saved if t.numel() >= batch * width * length]
+    assert len(full) == 1 and full[0].data_ptr() == u.data_ptr(), [tuple(t.shape) for t in saved]
+
+
 def test_rejects_unsupported_inputs():
     from spiking_ssm.kernels.chunked_soma import chunked_sdn_spikes
 
