@@ -203,10 +203,12 @@ def _compile_row(arch: int, dtype: torch.dtype, variant: tuple, backward: bool, 
 
 
 def _compile_rows(archs, dtypes, warps=None, variants=VARIANTS) -> list[dict]:
-    """:func:`_compile_row` for each arch, dtype, variant and form (float64: the forward form only; the backward
-    form differs in one load and one store)."""
+    """:func:`_compile_row` for each arch, dtype, variant and form (float64, to keep the test short: the forward
+    form of the causal and odd-length bidirectional variants, which contain every other form's code but one load
+    and store)."""
     return [_compile_row(arch, dtype, variant, backward, warps) for arch in archs for dtype in dtypes
-            for variant in variants for backward in ((False, True) if dtype == torch.float32 else (False,))]
+            for variant in variants for backward in ((False, True) if dtype == torch.float32 else (False,))
+            if dtype == torch.float32 or variant != VARIANTS[1]]
 
 
 @pytest.fixture(scope="module")
@@ -231,8 +233,9 @@ def _known_spill(row: dict) -> bool:
 
 def test_fused_walk_compiles_for_sm80_and_sm90(compiled):
     seen = {(row["variant"], row["backward"], row["dtype"], row["arch"]) for row in compiled}
-    assert seen == {(v[0], b, d, a) for v in VARIANTS for b, d in ((False, "float32"), (True, "float32"),
-                                                                    (False, "float64")) for a in (80, 90)}
+    float32 = {(v[0], b, "float32", a) for v in VARIANTS for b in (False, True) for a in (80, 90)}
+    float64 = {(v[0], False, "float64", a) for v in (VARIANTS[0], VARIANTS[2]) for a in (80, 90)}
+    assert seen == float32 | float64
     for row in compiled:
         where = f"sm_{row['arch']} {row['variant']} {'bwd' if row['backward'] else 'fwd'} {row['dtype']}"
         assert 0 < row["registers"] <= 255 and row["instructions"] > 0, where
