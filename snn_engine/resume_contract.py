@@ -24,7 +24,7 @@ MAY_CHANGE = (
     "trainer.limit_val_batches", "trainer.progress_bar", "trainer.compile", "trainer.compile_backend",
     "trainer.compile_baseline_steps", "dataset.num_workers", "dataset.root",
     "model.spike_storage", "model.checkpoint_stages",  # memory only: the same numbers either way (tested)
-    "model.conv", "model.conv_chunk", "model.conv_precision",  # the current path: the same currents to rounding (tests/test_chunked_conv.py)
+    "model.conv", "model.conv_chunk", "model.conv_precision", "model.fuse_soma",  # the current path: the same currents to rounding (tests/test_chunked_conv.py)
 )
 APPLIED = ("optimizer.lr", "trainer.grad_clip")
 LENGTH_KEYS = ("trainer.epochs", "trainer.max_steps")

@@ -49,6 +49,7 @@ class SpikingSSMBackbone(nn.Module):
         conv: str = "auto",
         conv_chunk: int = 64,
         conv_precision: str = "ieee",
+        fuse_soma: bool = True,
     ):
         super().__init__()
         if n_layers < 1 or d_model < 1:
@@ -60,7 +61,7 @@ class SpikingSSMBackbone(nn.Module):
                 d_model, neuron, norm=norm, norm_place=norm_place, dropout=dropout, d_state=d_state,
                 bidirectional=bidirectional, trainable_B=trainable_B, threshold=threshold, dt_min=dt_min,
                 dt_max=dt_max, ssm_lr=ssm_lr, checkpoint=checkpoint_layers, s4d_implementation=s4d_implementation,
-                conv=conv, conv_chunk=conv_chunk, conv_precision=conv_precision,
+                conv=conv, conv_chunk=conv_chunk, conv_precision=conv_precision, fuse_soma=fuse_soma,
             )
             for _ in range(n_layers)
         )
@@ -146,6 +147,7 @@ class SpikingSSMClassifier(_Encoded):
         conv: str = "auto",
         conv_chunk: int = 64,
         conv_precision: str = "ieee",
+        fuse_soma: bool = True,
     ):
         super().__init__()
         self._build(
@@ -154,7 +156,7 @@ class SpikingSSMClassifier(_Encoded):
                  trainable_B=trainable_B, norm=norm, norm_place=norm_place, threshold=threshold,
                  dt_min=dt_min, dt_max=dt_max, ssm_lr=ssm_lr, checkpoint_layers=checkpoint_layers,
                  s4d_implementation=s4d_implementation, conv=conv, conv_chunk=conv_chunk,
-                 conv_precision=conv_precision),
+                 conv_precision=conv_precision, fuse_soma=fuse_soma),
         )
         self.decoder = nn.Linear(d_model, num_classes)
 
@@ -195,6 +197,7 @@ class SpikingSSMRetrieval(_Encoded):
         conv: str = "auto",
         conv_chunk: int = 64,
         conv_precision: str = "ieee",
+        fuse_soma: bool = True,
     ):
         super().__init__()
         self._build(
@@ -203,7 +206,7 @@ class SpikingSSMRetrieval(_Encoded):
                  trainable_B=trainable_B, norm=norm, norm_place=norm_place, threshold=threshold,
                  dt_min=dt_min, dt_max=dt_max, ssm_lr=ssm_lr, checkpoint_layers=checkpoint_layers,
                  s4d_implementation=s4d_implementation, conv=conv, conv_chunk=conv_chunk,
-                 conv_precision=conv_precision),
+                 conv_precision=conv_precision, fuse_soma=fuse_soma),
         )
         d_hidden = d_hidden or d_model
         self.decoder = nn.Sequential(nn.Linear(4 * d_model, d_hidden), nn.GELU(), nn.Linear(d_hidden, num_classes))

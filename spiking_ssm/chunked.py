@@ -214,6 +214,22 @@ class _ChunkedConv(torch.autograd.Function):
         return grad_u, grad_taps, grad_readout, grad_inject, grad_decay, None
 
 
+class ChunkedCurrents(NamedTuple):
+    """A soma's input given as what makes its currents, for a soma that computes them itself (fused with the chunked
+    convolution, ``accepts_chunked_currents``): ``u`` ``[B, H, L]``, the operators ``[causal]`` or ``[causal,
+    anti-causal]`` (D and the threshold folded in) and the kernel's float32 ``precision``. ``shape`` is the currents'
+    time-major ``[L, B, H]``, as hooks on the soma read it."""
+
+    u: torch.Tensor
+    ops: list
+    precision: str = "ieee"
+
+    @property
+    def shape(self) -> torch.Size:
+        batch, width, length = self.u.shape
+        return torch.Size([length, batch, width])
+
+
 def default_chunk(length: int) -> int:
     """The chunk size the torch path uses for ``length`` steps: 64 (at most the length rounded up to 16)."""
     return max(16, min(64, -(-length // 16) * 16))

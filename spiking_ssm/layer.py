@@ -66,7 +66,8 @@ class SpikingSSM(nn.Module):
 
     ``conv``/``conv_chunk``: the current path (module docstring); ``conv_precision`` how the Triton chunked kernel
     multiplies float32 (``ieee``: exact float32, the default; ``tf32x3``/``tf32``: tensor cores, only when asked for;
-    float64 and the torch path are always exact); ``last_implementation`` names the one the latest call ran, and ``reports_path`` lets :class:`snn_engine.kernel_usage.ImplementationCounter` count it.
+    float64 and the torch path are always exact); ``fuse_soma``: on that path, let a soma that can (sdn) compute the
+    currents itself (:meth:`spikes`); ``last_implementation`` names the one the latest call ran, and ``reports_path`` lets :class:`snn_engine.kernel_usage.ImplementationCounter` count it.
 
     ``threshold``: ``"channel"`` (learnable theta = exp(ln_theta) per channel, init 1: "VT"), ``"shared"``
     (one learnable scalar) or ``"fixed"`` (theta = 1, "VF"). ``D`` is stored as [H, 1] so that, like the
@@ -91,6 +92,7 @@ class SpikingSSM(nn.Module):
         conv: str = "auto",
         conv_chunk: int = 64,
         conv_precision: str = "ieee",
+        fuse_soma: bool = True,
     ):
         super().__init__()
         if threshold not in THRESHOLDS:
@@ -104,6 +106,7 @@ class SpikingSSM(nn.Module):
         self.conv = conv
         self.conv_chunk = int(conv_chunk)
         self.conv_precision = conv_precision
+        self.fuse_soma = bool(fuse_soma)
         self.last_implementation: str | None = None  # the current path of the latest call, e.g. "chunked (torch)"
         H = d_model
         self.d_model = H
@@ -166,8 +169,7 @@ class SpikingSSM(nn.Module):
         self.last_implementation = path
         if path == "fft":
             return fft_conv(u, self.conv_kernel(u.shape[-1]))
-        if u.dtype in (torch.float16, torch.bfloat16):
-            u = u.float()  # as the FFT path: the convolution runs in float32 under autocast
+        u = _float32_under_autocast(u)
         run = chunked.chunked_conv
         if path == "chunked (triton)":
             from functools import partial
@@ -176,18 +178,37 @@ class SpikingSSM(nn.Module):
 
             run = partial(chunked_conv_triton, precision=self.conv_precision)
         with torch.autocast(u.device.type, enabled=False):  # autocast would run the products in half precision
-            ops = [tuple(t.to(u.dtype) for t in op) for op in self.chunk_operators()]
-            y = run(u, chunked.ChunkOperators(*ops[0]))
+            ops = self._operators(u.dtype)
+            y = run(u, ops[0])
             if self.bidirectional:
-                y = y + run(u, chunked.ChunkOperators(*ops[1]), reverse=True)
+                y = y + run(u, ops[1], reverse=True)
         return y
+
+    def _operators(self, dtype: torch.dtype) -> list[chunked.ChunkOperators]:
+        return [chunked.ChunkOperators(*(t.to(dtype) for t in op)) for op in self.chunk_operators()]
+
+    def _fuses_soma(self, u: torch.Tensor) -> bool:
+        """True when the soma computes the chunked currents itself (``fuse_soma``, the chunked Triton path and a
+        soma that ``accepts_chunked_currents``: the sdn soma's fused kernel)."""
+        accepts = getattr(self.neuron, "accepts_chunked_currents", None)
+        return (self.fuse_soma and accepts is not None and self.conv_for(u) == "chunked (triton)"
+                and accepts(_float32_under_autocast(u)))
 
     def spikes(self, u: torch.Tensor) -> torch.Tensor:
         """Neuron output [B, H, L] (binary for a spiking neuron).
 
         The neuron sees time-major [L, B, H]. Somas that declare ``accepts_strided_input`` (the fused sdn and
         sltt) get the permuted view of the current and return a view of [B, H, L] memory: no transposing copy.
+        With ``fuse_soma`` on the chunked Triton path, a soma that ``accepts_chunked_currents`` (sdn) gets a
+        :class:`spiking_ssm.chunked.ChunkedCurrents` instead and computes the currents itself, chunk by chunk, without
+        storing them (forward keeps u and the operators; backward recomputes).
         """
+        if self._fuses_soma(u):
+            u = _float32_under_autocast(u)
+            self.last_implementation = "chunked (triton, fused with the soma)"
+            with torch.autocast(u.device.type, enabled=False):
+                currents = chunked.ChunkedCurrents(u, self._operators(u.dtype), self.conv_precision)
+                return self.neuron(currents).permute(1, 2, 0)
         y = self.current(u).permute(2, 0, 1)
         if not getattr(self.neuron, "accepts_strided_input", False):
             y = y.contiguous()
@@ -224,6 +245,11 @@ class SpikingSSM(nn.Module):
         per_step = 4 * self.kernel.d_state * directions + 2
         macs = float(u.shape[0] * u.shape[1] * u.shape[2] * per_step)
         return OpCount(mac=macs, dense=macs)
+
+
+def _float32_under_autocast(u: torch.Tensor) -> torch.Tensor:
+    """Half-precision input (autocast) -> float32: the current path runs in float32, as the FFT path does."""
+    return u.float() if u.dtype in (torch.float16, torch.bfloat16) else u
 
 
 def _triton_unsupported(u: torch.Tensor) -> str | None:

@@ -27,6 +27,7 @@ from spikingjelly.activation_based import surrogate as sj_surrogate
 
 from snn_engine.errors import UserError
 from snn_engine.neurons import LIFNode
+from spiking_ssm.chunked import ChunkedCurrents
 from spiking_ssm.kernels import runtime, soma
 from spiking_ssm.sdn.network import ReducedSDN, load_reduced
 from spiking_ssm.sdn.packaged import WEIGHTS_DIR, check_tau, packaged_weights
@@ -93,7 +94,26 @@ class SDNNeuron(base.MemoryModule):
         m = self.sdn(flat)  # [N, L], computed in y's dtype
         return m.transpose(0, 1).reshape(y.shape)
 
+    def accepts_chunked_currents(self, u: torch.Tensor) -> bool:
+        """True when this soma computes its currents itself from ``u`` [B, H, L] and the chunked operators, in one
+        fused Triton walk that never stores them (:mod:`spiking_ssm.kernels.chunked_soma`): float32/float64 input
+        where the fused SDN kernel runs."""
+        return (u.dtype in (torch.float32, torch.float64) and u.shape[-1] > 0
+                and self.implementation_for(u.device, u.dtype) == "triton")
+
+    def _chunked_forward(self, currents: ChunkedCurrents) -> torch.Tensor:
+        """Spikes ``[L, B, H]`` (a view of ``[B, H, L]`` memory) of the currents that ``currents`` describes."""
+        from spiking_ssm.kernels.chunked_soma import chunked_sdn_spikes
+
+        u = currents.u
+        self.last_implementation = "triton (fused with the chunked current path)"
+        params = self._params.get(u, lambda: soma.sdn_params(self.sdn, self.surrogate_function.alpha, u.device,
+                                                              u.dtype), self.sdn.buffers())
+        return chunked_sdn_spikes(u, list(currents.ops), params, precision=currents.precision).permute(2, 0, 1)
+
     def multi_step_forward(self, y: torch.Tensor) -> torch.Tensor:
+        if isinstance(y, ChunkedCurrents):
+            return self._chunked_forward(y)
         if y.dim() < 1 or y.shape[0] == 0:
             raise UserError(f"the sdn neuron needs time-major input [L, B, ...] with L >= 1, got {tuple(y.shape)}")
         self.last_implementation = self.implementation_for(y.device, y.dtype)

@@ -256,3 +256,36 @@ def test_under_autocast_the_fft_path_keeps_its_s4d_kernel_in_float32():
     exact = fft.current(u)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert _relative(fft.current(u).double(), exact.double()) < 2e-6
+
+
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_the_sdn_soma_fused_behind_the_chunked_kernel_equals_the_unfused_layer(bidirectional):
+    """Through Triton's interpreter: ``fuse_soma`` (the sdn soma computes the currents itself) against the same
+    layer unfused: identical spikes and outputs, every gradient to rounding (float64); the firing-rate meter and the
+    implementation counter see the fused soma like any other."""
+    from snn_engine.metrics import FiringRateMeter
+    from spiking_ssm.kernels import runtime
+
+    if runtime.triton_unavailable(torch.device("cpu")) is not None:
+        pytest.skip("Triton's interpreter is off")
+    sdn = lambda: make_ssm_neuron("sdn", implementation="triton")  # noqa: E731
+    layers = {fuse: _layer("chunked", bidirectional, 16, width=4, d_state=6, neuron=sdn,
+                           s4d_implementation="triton", fuse_soma=fuse) for fuse in (False, True)}
+    u = 2.0 * torch.randn(2, 4, 37, dtype=torch.float64, requires_grad=True)
+    upstream = torch.randn(2, 4, 37, dtype=torch.float64)
+    results = {}
+    for fuse, layer in layers.items():
+        with FiringRateMeter(layer) as rates, ImplementationCounter(layer) as somas:
+            out = layer(u)
+        grads = torch.autograd.grad(out, [u] + list(layer.parameters()), upstream, allow_unused=True)
+        results[fuse] = (out, grads, rates.compute(torch.device("cpu"))["overall"], somas.summary()["calls"])
+        functional.reset_net(layer)
+    assert layers[True].last_implementation == "chunked (triton, fused with the soma)"
+    assert results[True][3] == {"triton (fused with the chunked current path)": 1}
+    assert results[False][3] == {"triton": 1}
+    assert 0.05 < results[True][2] == results[False][2] < 0.95
+    assert torch.equal(results[True][0], results[False][0])
+    for (name, _), a, b in zip([("u", None)] + list(layers[True].named_parameters()), results[True][1],
+                               results[False][1]):
+        if b is not None:
+            assert _relative(a, b) < 1e-10, name

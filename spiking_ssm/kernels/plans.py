@@ -14,7 +14,7 @@ import dataclasses
 
 import torch
 
-from spiking_ssm.kernels import chunked_conv, lif_fixed_point, soma, vandermonde
+from spiking_ssm.kernels import chunked_conv, chunked_soma, lif_fixed_point, soma, vandermonde
 from spiking_ssm.kernels.offline import stand_in
 from spiking_ssm.kernels.roofline import Access
 
@@ -243,6 +243,47 @@ def _chunked(shape: Shape, dtype, precision: str = "ieee", stages: int | None = 
     return result
 
 
+# The fused chunked-conv + SDN walk spills where its operator tiles, the soma's windows and the SDN's 16 hidden values
+# outgrow 255 registers: float64 (every form, at any warp count tried) and, on sm_90, float32 bidirectional layers
+# whose L is not a multiple of Q (the shifted anti-causal tile). Stated here; anything else spilling fails the test.
+FUSED_SDN_SPILLS = {"float64": {80: 10000, 90: 1200}, "odd": {90: 800}}
+FUSED_SDN_BUDGETS = {"causal": 470, "bidir": 560, "bidir odd L": 700}
+
+
+def _fused_sdn(shape: Shape, dtype) -> list[Plan]:
+    """The chunked current path fused with the sdn soma (:mod:`spiking_ssm.kernels.chunked_soma`): the forward walk
+    (u in, spikes out) and its backward form (``dy = ds * g`` recomputed), causal, bidirectional with L a multiple
+    of the chunk, and bidirectional with L - 3 steps (the shifted anti-causal tile); float64 forward only."""
+    b, h, size = shape.batch, shape.width, _size(dtype)
+    f64 = dtype == torch.float64
+    chunk, modes, rows = CHUNK, chunked_conv.padded_modes(shape.d_state // 2), chunked_soma.BLOCK_ROWS
+    warps = chunked_soma.soma_warps(dtype)
+    pointer = stand_in(dtype)
+    weights = pointer if f64 else tuple(0.01 * i for i in range(soma.SDN_NUM_WEIGHTS + 1))
+    result = []
+    for variant, bidirectional, length in (("causal", False, shape.length), ("bidir", True, shape.length),
+                                           ("bidir odd L", True, shape.length - 3)):
+        aligned = length % chunk == 0
+        if bidirectional and aligned != (variant == "bidir"):
+            continue  # the odd shape's length is not a multiple of the chunk: only the shifted form
+        count = -(-length // chunk)
+        args = ((pointer,) * 8 + (weights,) + (pointer,) * 3
+                + (b, h, length, count, h * length, length, 1, h * length, length, 1))
+        states = 2 * modes * size / chunk if bidirectional else 0.0  # the anti-causal states, read once
+        spills = FUSED_SDN_SPILLS["float64"] if f64 else FUSED_SDN_SPILLS["odd"] if variant == "bidir odd L" else {}
+        for backward in (False, True) if not f64 else (False,):
+            constants = dict(Q=chunk, MP=modes, BB=rows, BIDIRECTIONAL=bidirectional, ALIGNED=aligned,
+                             BACKWARD=backward, W_IN_ARGS=not f64, PRECISION="ieee")
+            result.append(Plan(f"sdn chunked {'bwd' if backward else 'fwd'} ({variant})",
+                               _describe({"Q": chunk, "BB": rows}, warps), dtype, chunked_soma._sdn_chunk_kernel,
+                               args, constants, warps, b * h * length, rows * length / (32 * warps), count,
+                               2 * size + states, Access(size), max_registers=255,
+                               max_instructions=FUSED_SDN_BUDGETS[variant] * (3 if f64 else 1)
+                               * (1 if shape.length % 16 == 0 else 1.1),  # no divisibility hints: more address math
+                               allowed_spill_bytes=spills))
+    return result
+
+
 def plans(shape: Shape = BENCH, everything: bool = False) -> list[Plan]:
     """The launches to compile: the float32 benchmark set, or (``everything``) every dtype and flag too."""
     soma_dtypes = SOMA_DTYPES if everything else SOMA_DTYPES[:1]
@@ -259,6 +300,8 @@ def plans(shape: Shape = BENCH, everything: bool = False) -> list[Plan]:
     for dtype in s4d_dtypes:
         result += _chunked(shape, dtype)
     result += _chunked(shape, torch.float32, "tf32x3")  # model.conv_precision=tf32x3: tensor cores
+    for dtype in s4d_dtypes:
+        result += _fused_sdn(shape, dtype)
     if everything:
         result += _chunked(shape, torch.float32, "ieee", stages=1)  # the walk without pipelining, for comparison
     for dtype in s4d_dtypes:

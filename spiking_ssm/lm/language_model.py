@@ -81,6 +81,7 @@ class SpikingSSMLanguageModel(nn.Module):
         conv: str = "auto",
         conv_chunk: int = 64,
         conv_precision: str = "ieee",
+        fuse_soma: bool = True,
     ):
         super().__init__()
         self.embed = AdaptiveInput(vocab_size, d_model, list(cutoffs or []), div_val, dropemb, init_scale)
@@ -89,7 +90,7 @@ class SpikingSSMLanguageModel(nn.Module):
             neuron, d_model=d_model, n_layers=n_layers, d_state=d_state, dropout=dropout, bidirectional=False,
             trainable_B=trainable_B, norm=norm, norm_place=norm_place, threshold=threshold, dt_min=dt_min,
             dt_max=dt_max, ssm_lr=ssm_lr, checkpoint_layers=checkpoint_layers, s4d_implementation=s4d_implementation,
-            conv=conv, conv_chunk=conv_chunk, conv_precision=conv_precision,
+            conv=conv, conv_chunk=conv_chunk, conv_precision=conv_precision, fuse_soma=fuse_soma,
         )
         self.softmax = AdaptiveSoftmax(self.embed, tie_weights, tie_projs, dropsoft, bias_scale, init_scale)
         if output_bias_weight_decay is not None:
