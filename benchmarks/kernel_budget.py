@@ -151,6 +151,31 @@ def _chunked_totals(rows: list[dict]) -> list[str]:
             lines.append(f"chunked current path {dtype} sm_{arch} [{config}]: fwd {parts['chunked fwd']:.3f} + bwd "
                          f"{backward:.3f} ms per direction; bidirectional fwd+bwd "
                          f"{2 * (parts['chunked fwd'] + backward):.3f} ms (MODELLED)")
+    return lines + _with_sdn(rows, by_config)
+
+
+def _with_sdn(rows: list[dict], by_config: dict) -> list[str]:
+    """Current path + sdn soma, forward+backward of one bidirectional layer (float32, exact products): the chunked
+    kernels then the SDN soma (its backward ``grad_s * g`` at the DRAM floor), against the fused walk
+    (``model.fuse_soma=true``: the anti-causal states, the fused forward; in backward both directions' states, the
+    fused walk writing ``dy = ds * g``, then each direction's adjoint and operator gradients)."""
+    chosen = best(rows)
+    lines = []
+    for arch in sorted({r["arch"] for r in rows}):
+        soma = chosen.get(f"sdn fwd float32 sm_{arch}")
+        parts = next((p for (dtype, a, config), p in by_config.items()
+                      if dtype == "float32" and a == arch and "precision" not in config and "STAGES=3" in config
+                      and set(p) == set(CHUNKED_PARTS)), None)
+        fused = {r["name"]: r["ms"] for r in rows
+                 if r["arch"] == arch and r["dtype"] == "float32" and "ms" in r and not r.get("odd")}
+        if soma is None or parts is None or "sdn chunked fwd (bidir)" not in fused:
+            continue
+        adjoint = parts["chunked adjoint"] + parts["chunked grads0"] + parts["chunked grads1"]
+        unfused = 2 * (parts["chunked fwd"] + parts["chunked states"] + adjoint) + soma["ms"] + soma["floor_ms"]
+        walk = parts["chunked states"] + fused["sdn chunked fwd (bidir)"]
+        total = walk + 2 * parts["chunked states"] + fused["sdn chunked bwd (bidir)"] + 2 * adjoint
+        lines.append(f"bidirectional layer's current path + sdn soma float32 sm_{arch}, fwd+bwd: unfused "
+                     f"{unfused:.3f} ms, fused (model.fuse_soma=true) {total:.3f} ms (MODELLED)")
     return lines
 
 

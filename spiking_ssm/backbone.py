@@ -49,7 +49,7 @@ class SpikingSSMBackbone(nn.Module):
         conv: str = "auto",
         conv_chunk: int = 64,
         conv_precision: str = "ieee",
-        fuse_soma: bool = True,
+        fuse_soma: bool = False,
     ):
         super().__init__()
         if n_layers < 1 or d_model < 1:
@@ -147,7 +147,7 @@ class SpikingSSMClassifier(_Encoded):
         conv: str = "auto",
         conv_chunk: int = 64,
         conv_precision: str = "ieee",
-        fuse_soma: bool = True,
+        fuse_soma: bool = False,
     ):
         super().__init__()
         self._build(
@@ -197,7 +197,7 @@ class SpikingSSMRetrieval(_Encoded):
         conv: str = "auto",
         conv_chunk: int = 64,
         conv_precision: str = "ieee",
-        fuse_soma: bool = True,
+        fuse_soma: bool = False,
     ):
         super().__init__()
         self._build(

@@ -92,7 +92,7 @@ class SpikingSSM(nn.Module):
         conv: str = "auto",
         conv_chunk: int = 64,
         conv_precision: str = "ieee",
-        fuse_soma: bool = True,
+        fuse_soma: bool = False,
     ):
         super().__init__()
         if threshold not in THRESHOLDS:

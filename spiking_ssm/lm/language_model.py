@@ -81,7 +81,7 @@ class SpikingSSMLanguageModel(nn.Module):
         conv: str = "auto",
         conv_chunk: int = 64,
         conv_precision: str = "ieee",
-        fuse_soma: bool = True,
+        fuse_soma: bool = False,
     ):
         super().__init__()
         self.embed = AdaptiveInput(vocab_size, d_model, list(cutoffs or []), div_val, dropemb, init_scale)
