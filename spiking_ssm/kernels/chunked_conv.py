@@ -79,6 +79,26 @@ if triton is not None:
         return tl.load(ptr + (h * 2 + part) * R * K + tl.arange(0, R)[:, None] * K + tl.arange(0, K)[None, :])
 
     @triton.jit
+    def _operators(readout_ptr, inject_ptr, decay_ptr, h, MP: tl.constexpr, Q: tl.constexpr,
+                   TRANSPOSED: tl.constexpr):
+        """Channel ``h``'s readout parts ``[MP, Q]``, inject parts ``[Q, MP]`` (``TRANSPOSED``: the transposed
+        tensors, ``[Q, MP]`` and ``[MP, Q]``) and decay ``(Re, Im)`` as ``[1, MP]`` rows."""
+        if TRANSPOSED:
+            rr = _part(readout_ptr, h, 0, Q, MP)
+            ri = _part(readout_ptr, h, 1, Q, MP)
+            jr = _part(inject_ptr, h, 0, MP, Q)
+            ji = _part(inject_ptr, h, 1, MP, Q)
+        else:
+            rr = _part(readout_ptr, h, 0, MP, Q)
+            ri = _part(readout_ptr, h, 1, MP, Q)
+            jr = _part(inject_ptr, h, 0, Q, MP)
+            ji = _part(inject_ptr, h, 1, Q, MP)
+        modes = tl.arange(0, MP)
+        dr = tl.load(decay_ptr + h * 2 * MP + modes)[None, :]
+        di = tl.load(decay_ptr + (h * 2 + 1) * MP + modes)[None, :]
+        return rr, ri, jr, ji, dr, di
+
+    @triton.jit
     def _chunk(rows, live, k, L, Q: tl.constexpr, REVERSE: tl.constexpr):
         """Time index ``[1, Q]`` of chunk ``k``'s steps (walk position ``kQ + i``) and the ``[BB, Q]`` mask."""
         walk = k * Q + tl.arange(0, Q)
@@ -102,12 +122,7 @@ if triton is not None:
         live = rows < B
         modes = tl.arange(0, MP)
         t_t = _toeplitz(taps_ptr, h, Q, True)  # [Q, Q]
-        rr = _part(readout_ptr, h, 0, MP, Q)  # [MP, Q]
-        ri = _part(readout_ptr, h, 1, MP, Q)
-        jr = _part(inject_ptr, h, 0, Q, MP)  # [Q, MP]
-        ji = _part(inject_ptr, h, 1, Q, MP)
-        dr = tl.load(decay_ptr + h * 2 * MP + modes)[None, :]
-        di = tl.load(decay_ptr + (h * 2 + 1) * MP + modes)[None, :]
+        rr, ri, jr, ji, dr, di = _operators(readout_ptr, inject_ptr, decay_ptr, h, MP, Q, False)
         sr = tl.zeros([BB, MP], dtype=u_ptr.dtype.element_ty)
         si = tl.zeros([BB, MP], dtype=u_ptr.dtype.element_ty)
         u_rows = u_ptr + rows[:, None] * su_b + h * su_h
@@ -142,12 +157,7 @@ if triton is not None:
         live = rows < B
         modes = tl.arange(0, MP)
         t = _toeplitz(taps_ptr, h, Q, False)  # [Q, Q]
-        rr_t = _part(readout_t_ptr, h, 0, Q, MP)  # [Q, MP]
-        ri_t = _part(readout_t_ptr, h, 1, Q, MP)
-        jr_t = _part(inject_t_ptr, h, 0, MP, Q)  # [MP, Q]
-        ji_t = _part(inject_t_ptr, h, 1, MP, Q)
-        dr = tl.load(decay_ptr + h * 2 * MP + modes)[None, :]
-        di = tl.load(decay_ptr + (h * 2 + 1) * MP + modes)[None, :]
+        rr_t, ri_t, jr_t, ji_t, dr, di = _operators(readout_t_ptr, inject_t_ptr, decay_ptr, h, MP, Q, True)
         ar = tl.zeros([BB, MP], dtype=g_ptr.dtype.element_ty)
         ai = tl.zeros([BB, MP], dtype=g_ptr.dtype.element_ty)
         g_rows = g_ptr + rows[:, None] * sg_b + h * sg_h

@@ -64,7 +64,8 @@ def soma_warps(dtype: torch.dtype) -> int:
 if triton is not None:
     import triton.language as tl
 
-    from spiking_ssm.kernels.chunked_conv import _chunk, _chunk_adjoint_kernel, _chunk_grads_kernel, _part, _toeplitz
+    from spiking_ssm.kernels.chunked_conv import (_chunk, _chunk_adjoint_kernel, _chunk_grads_kernel, _operators,
+                                                  _part, _toeplitz)
     from spiking_ssm.kernels.sdn_kernel import _surrogate_factor, _w, _z
     from spiking_ssm.kernels.tiles import _columns, _rows4
 
@@ -124,12 +125,7 @@ if triton is not None:
             rb_i = _reversed_readout(readout_b_ptr, h, 1, MP, Q)
             if ALIGNED:
                 t_t += taps_b  # the reverse chunks are the chunks: one in-chunk product for both directions
-        rr = _part(readout_ptr, h, 0, MP, Q)  # [MP, Q]
-        ri = _part(readout_ptr, h, 1, MP, Q)
-        jr = _part(inject_ptr, h, 0, Q, MP)  # [Q, MP]
-        ji = _part(inject_ptr, h, 1, Q, MP)
-        dr = tl.load(decay_ptr + h * 2 * MP + modes)[None, :]
-        di = tl.load(decay_ptr + (h * 2 + 1) * MP + modes)[None, :]
+        rr, ri, jr, ji, dr, di = _operators(readout_ptr, inject_ptr, decay_ptr, h, MP, Q, False)
         dtype = u_ptr.dtype.element_ty
         sr = tl.zeros([BB, MP], dtype=dtype)
         si = tl.zeros([BB, MP], dtype=dtype)
