@@ -280,37 +280,50 @@ class _ChunkedConv(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_y):
-        u, taps, readout, inject, decay = ctx.saved_tensors
+        u, *ops = ctx.saved_tensors
         reverse, precision, block_rows, num_warps = ctx.config
-        batch, width, length = u.shape
-        chunk, modes = taps.shape[-1], decay.shape[-1]
-        count = triton.cdiv(length, chunk)
-        blocks = triton.cdiv(batch, block_rows)
-        grad_u = u.new_empty(batch, width, length)
-        grad_t = u.new_zeros(blocks, width, chunk, chunk)
-        grad_readout = u.new_zeros(blocks, *readout.shape)
-        grad_inject = u.new_zeros(blocks, *inject.shape)
-        grad_decay = u.new_zeros(blocks, *decay.shape)
-        if batch and width and length:
-            states = u.new_empty(batch, width, count, 2, modes)
-            adjoint = u.new_empty(batch, width, count, 2, modes)
-            _launch_forward(u, taps, readout, inject, decay, reverse, precision, block_rows, num_warps, states)
-            grid = (width, blocks)
-            sizes = (batch, width, length, count)
-            stages = stages_for(length, u.stride() + grad_y.stride())
-            common = dict(Q=chunk, MP=modes, BB=block_rows, REVERSE=reverse, PRECISION=precision, STAGES=stages,
-                          **FP_FUSION)
-            readout_t, inject_t = readout.transpose(2, 3).contiguous(), inject.transpose(2, 3).contiguous()
-            _chunk_adjoint_kernel[grid](grad_y, taps, readout_t, inject_t, decay, grad_u, adjoint, *sizes,
-                                        *grad_y.stride(), num_warps=num_warps, **common)
-            for part in (0, 1):
-                _chunk_grads_kernel[grid](u, grad_y, states, adjoint, grad_t, grad_inject, grad_readout, grad_decay,
-                                          *sizes, *u.stride(), *grad_y.stride(), PART=part, num_warps=GRAD_WARPS[part],
-                                          **common)
-        else:
-            grad_u.zero_()
-        return (grad_u, diagonal_sums(grad_t.sum(0)), grad_readout.sum(0), grad_inject.sum(0), grad_decay.sum(0),
+        states = chunk_states(u, ops, reverse, precision, block_rows, num_warps)
+        return (*direction_backward(u, grad_y, ops, states, reverse, precision, block_rows, num_warps),
                 None, None, None, None)
+
+
+def chunk_states(u, ops, reverse, precision, block_rows, num_warps=NUM_WARPS) -> torch.Tensor:
+    """Chunk-start states ``[B, H, C, 2, MP]`` of one direction (the forward walk in its state-writing form);
+    ``ops`` padded (:func:`pad_operators`)."""
+    batch, width, length = u.shape
+    states = u.new_empty(batch, width, triton.cdiv(length, ops[0].shape[-1]), 2, ops[3].shape[-1])
+    if batch and width and length:
+        _launch_forward(u, *ops, reverse, precision, block_rows, num_warps, states)
+    return states
+
+
+def direction_backward(u, grad_y, ops, states, reverse, precision, block_rows, num_warps=NUM_WARPS):
+    """``(du, dtaps, dreadout, dinject, ddecay)`` of one direction given ``dLoss/dy`` and its chunk-start
+    ``states``: the adjoint walk (writes du and the adjoint states) and the two operator-gradient parts, each program's
+    partial sums added in torch."""
+    taps, readout, inject, decay = ops
+    batch, width, length = u.shape
+    chunk, modes = taps.shape[-1], decay.shape[-1]
+    count = triton.cdiv(length, chunk)
+    blocks = triton.cdiv(batch, block_rows)
+    grad_u = u.new_zeros(batch, width, length)
+    grad_t = u.new_zeros(blocks, width, chunk, chunk)
+    grad_readout, grad_inject, grad_decay = (u.new_zeros(blocks, *t.shape) for t in (readout, inject, decay))
+    if batch and width and length:
+        adjoint = u.new_empty(batch, width, count, 2, modes)
+        grid = (width, blocks)
+        sizes = (batch, width, length, count)
+        stages = stages_for(length, u.stride() + grad_y.stride())
+        common = dict(Q=chunk, MP=modes, BB=block_rows, REVERSE=reverse, PRECISION=precision, STAGES=stages,
+                      **FP_FUSION)
+        readout_t, inject_t = readout.transpose(2, 3).contiguous(), inject.transpose(2, 3).contiguous()
+        _chunk_adjoint_kernel[grid](grad_y, taps, readout_t, inject_t, decay, grad_u, adjoint, *sizes,
+                                    *grad_y.stride(), num_warps=num_warps, **common)
+        for part in (0, 1):
+            _chunk_grads_kernel[grid](u, grad_y, states, adjoint, grad_t, grad_inject, grad_readout, grad_decay,
+                                      *sizes, *u.stride(), *grad_y.stride(), PART=part, num_warps=GRAD_WARPS[part],
+                                      **common)
+    return (grad_u, diagonal_sums(grad_t.sum(0)), grad_readout.sum(0), grad_inject.sum(0), grad_decay.sum(0))
 
 
 def pad_operators(ops: ChunkOperators, dtype: torch.dtype) -> tuple[torch.Tensor, ...]:

@@ -47,8 +47,8 @@ from __future__ import annotations
 import torch
 
 from spiking_ssm.chunked import ChunkOperators
-from spiking_ssm.kernels.chunked_conv import (BLOCK_ROWS, GRAD_WARPS, NUM_WARPS, _launch_forward, diagonal_sums,
-                                              pad_operators, unsupported)
+from spiking_ssm.kernels.chunked_conv import (BLOCK_ROWS, chunk_states, direction_backward, pad_operators,
+                                              unsupported)
 from spiking_ssm.kernels.launch import FP_FUSION
 from spiking_ssm.kernels.runtime import triton
 from spiking_ssm.kernels.soma import SDN_NUM_WEIGHTS, SDNWeights
@@ -64,8 +64,7 @@ def soma_warps(dtype: torch.dtype) -> int:
 if triton is not None:
     import triton.language as tl
 
-    from spiking_ssm.kernels.chunked_conv import (_chunk, _chunk_adjoint_kernel, _chunk_grads_kernel, _operators,
-                                                  _part, _toeplitz)
+    from spiking_ssm.kernels.chunked_conv import _chunk, _operators, _toeplitz
     from spiking_ssm.kernels.sdn_kernel import _surrogate_factor, _w, _z
     from spiking_ssm.kernels.tiles import _columns, _rows4
 
@@ -220,41 +219,6 @@ def _launch_sdn_walk(u, ops_f, ops_b, states_b, weights: SDNWeights, ds, precisi
     return out
 
 
-def _states(u, ops, reverse, precision, block_rows, _soma_warps=None):
-    """Chunk-start states ``[B, H, C, 2, MP]`` of one direction (the state-writing chunked-convolution walk)."""
-    batch, width, length = u.shape
-    count = triton.cdiv(length, ops[0].shape[-1])
-    states = u.new_empty(batch, width, count, 2, ops[3].shape[-1])
-    if batch and width and length:
-        _launch_forward(u, *ops, reverse, precision, block_rows, NUM_WARPS, states)
-    return states
-
-
-def _direction_backward(u, grad_y, ops, states, reverse, precision, block_rows, _soma_warps=None):
-    """``(du, dtaps, dreadout, dinject, ddecay)`` of one direction given ``dLoss/dy``, as the chunked
-    convolution's backward computes them (its adjoint walk and operator-gradient kernels)."""
-    taps, readout, inject, decay = ops
-    batch, width, length = u.shape
-    chunk, modes = taps.shape[-1], decay.shape[-1]
-    count = triton.cdiv(length, chunk)
-    blocks = triton.cdiv(batch, block_rows)
-    grad_u = u.new_zeros(batch, width, length)
-    grad_t = u.new_zeros(blocks, width, chunk, chunk)
-    grads = [u.new_zeros(blocks, *t.shape) for t in (readout, inject, decay)]
-    if batch and width and length:
-        adjoint = u.new_empty(batch, width, count, 2, modes)
-        grid = (width, blocks)
-        sizes = (batch, width, length, count)
-        common = dict(Q=chunk, MP=modes, BB=block_rows, REVERSE=reverse, PRECISION=precision, **FP_FUSION)
-        readout_t, inject_t = readout.transpose(2, 3).contiguous(), inject.transpose(2, 3).contiguous()
-        _chunk_adjoint_kernel[grid](grad_y, taps, readout_t, inject_t, decay, grad_u, adjoint, *sizes,
-                                    *grad_y.stride(), num_warps=NUM_WARPS, **common)
-        for part in (0, 1):
-            _chunk_grads_kernel[grid](u, grad_y, states, adjoint, grad_t, grads[1], grads[0], grads[2], *sizes,
-                                      *u.stride(), *grad_y.stride(), PART=part, num_warps=GRAD_WARPS[part], **common)
-    return grad_u, diagonal_sums(grad_t.sum(0)), *(g.sum(0) for g in grads)
-
-
 class _ChunkedSDN(torch.autograd.Function):
     """``(u, weights, config, *causal ops[, *anti-causal ops]) -> spikes``, operators padded (``pad_operators``);
     saves only ``u`` and the operators."""
@@ -265,7 +229,7 @@ class _ChunkedSDN(torch.autograd.Function):
         ops_f, ops_b = ops[:4], (ops[4:] or None)
         ctx.save_for_backward(u, *ops)
         ctx.weights, ctx.config = weights, config
-        states_b = _states(u, ops_b, True, *config) if ops_b is not None else None
+        states_b = chunk_states(u, ops_b, True, precision, block_rows) if ops_b is not None else None
         return _launch_sdn_walk(u, ops_f, ops_b, states_b, weights, None, precision, block_rows, num_warps)
 
     @staticmethod
@@ -273,14 +237,14 @@ class _ChunkedSDN(torch.autograd.Function):
         u, *ops = ctx.saved_tensors
         precision, block_rows, num_warps = ctx.config
         ops_f, ops_b = ops[:4], (ops[4:] or None)
-        states_b = _states(u, ops_b, True, *ctx.config) if ops_b is not None else None
+        states_b = chunk_states(u, ops_b, True, precision, block_rows) if ops_b is not None else None
         grad_y = _launch_sdn_walk(u, ops_f, ops_b, states_b, ctx.weights, grad_spikes, precision, block_rows,
                                   num_warps)
-        states_f = _states(u, ops_f, False, *ctx.config)
-        grad_u, *grads = _direction_backward(u, grad_y, ops_f, states_f, False, *ctx.config)
+        states_f = chunk_states(u, ops_f, False, precision, block_rows)
+        grad_u, *grads = direction_backward(u, grad_y, ops_f, states_f, False, precision, block_rows)
         del states_f
         if ops_b is not None:
-            grad_u_b, *grads_b = _direction_backward(u, grad_y, ops_b, states_b, True, *ctx.config)
+            grad_u_b, *grads_b = direction_backward(u, grad_y, ops_b, states_b, True, precision, block_rows)
             grad_u += grad_u_b
             grads += grads_b
         return grad_u, None, None, *grads
