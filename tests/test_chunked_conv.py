@@ -289,3 +289,15 @@ def test_the_sdn_soma_fused_behind_the_chunked_kernel_equals_the_unfused_layer(b
                                results[False][1]):
         if b is not None:
             assert _relative(a, b) < 1e-10, name
+
+
+def test_the_speed_benchmark_prints_both_current_paths_part_by_part(capsys):
+    from benchmarks.neuron_speed import main
+
+    main(["--lengths", "16", "--batch", "1", "--width", "2", "--d-state", "4", "--repeats", "1", "--warmup", "0",
+          "--decompose", "--device", "cpu", "--convs", "fft", "chunked", "--somas", "sdn torch", "lif sj"])
+    out = capsys.readouterr().out
+    for row in ("sdn torch / fft", "sdn torch / chunked", "lif sj / chunked"):
+        assert f"    16 {row}" in out
+    assert "chunked conv (torch)" in out and "fft conv" in out and "mix bmm" in out
+    assert out.count("chunked (torch)") >= 2  # the path column says what ran
