@@ -301,3 +301,22 @@ def test_the_speed_benchmark_prints_both_current_paths_part_by_part(capsys):
         assert f"    16 {row}" in out
     assert "chunked conv (torch)" in out and "fft conv" in out and "mix bmm" in out
     assert out.count("chunked (torch)") >= 2  # the path column says what ran
+
+
+@pytest.mark.parametrize("soma", ["sdn", "sltt", "lif_parallel"])
+def test_the_fused_somas_read_the_chunked_currents_as_they_read_the_ffts(soma):
+    """The Triton somas (interpreter on CPU) read the chunked path's contiguous [B, H, L] currents, not the FFT's
+    2L-strided slice: the same spikes either way."""
+    from spiking_ssm.kernels import runtime
+
+    if runtime.triton_unavailable(torch.device("cpu")) is not None:
+        pytest.skip("Triton's interpreter is off")
+    factory = lambda: make_ssm_neuron(soma, implementation="triton")  # noqa: E731
+    fft, chunked = _pair(True, 16, width=3, d_state=4, neuron=factory)
+    u = 1.5 * torch.randn(2, 3, 40, dtype=torch.float64)
+    y = fft.current(u)
+    spikes = {name: layer.spikes(u) for name, layer in (("fft", fft), ("chunked", chunked))}
+    assert chunked.last_implementation == "chunked (torch)" and chunked.neuron.last_implementation == "triton"
+    far = (y - 1.0).abs() > 1e-9
+    assert 0.05 < spikes["fft"].mean() < 0.95
+    assert torch.equal(spikes["fft"][far], spikes["chunked"][far])
