@@ -155,26 +155,26 @@ def _chunked_totals(rows: list[dict]) -> list[str]:
 
 
 def _with_sdn(rows: list[dict], by_config: dict) -> list[str]:
-    """Current path + sdn soma, forward+backward of one bidirectional layer (float32, exact products): the chunked
+    """Current path + sdn soma, forward+backward of one bidirectional layer (float32), per precision: the chunked
     kernels then the SDN soma (its backward ``grad_s * g`` at the DRAM floor), against the fused walk
     (``model.fuse_soma=true``: the anti-causal states, the fused forward; in backward both directions' states, the
     fused walk writing ``dy = ds * g``, then each direction's adjoint and operator gradients)."""
     chosen = best(rows)
     lines = []
-    for arch in sorted({r["arch"] for r in rows}):
+    for (dtype, arch, config), parts in sorted(by_config.items()):
         soma = chosen.get(f"sdn fwd float32 sm_{arch}")
-        parts = next((p for (dtype, a, config), p in by_config.items()
-                      if dtype == "float32" and a == arch and "precision" not in config and "STAGES=3" in config
-                      and set(p) == set(CHUNKED_PARTS)), None)
-        fused = {r["name"]: r["ms"] for r in rows
-                 if r["arch"] == arch and r["dtype"] == "float32" and "ms" in r and not r.get("odd")}
-        if soma is None or parts is None or "sdn chunked fwd (bidir)" not in fused:
+        precision = config.split("precision=")[1].split()[0] if "precision=" in config else "ieee"
+        fused = {r["name"]: r["ms"] for r in rows if r["arch"] == arch and r["dtype"] == "float32" and "ms" in r
+                 and not r.get("odd") and r["name"].startswith("sdn chunked")
+                 and (f"precision={precision}" in r["config"] or (precision == "ieee" and "precision" not in r["config"]))}
+        if dtype != "float32" or "STAGES=3" not in config or soma is None or set(parts) != set(CHUNKED_PARTS) \
+                or "sdn chunked fwd (bidir)" not in fused:
             continue
         adjoint = parts["chunked adjoint"] + parts["chunked grads0"] + parts["chunked grads1"]
         unfused = 2 * (parts["chunked fwd"] + parts["chunked states"] + adjoint) + soma["ms"] + soma["floor_ms"]
         walk = parts["chunked states"] + fused["sdn chunked fwd (bidir)"]
         total = walk + 2 * parts["chunked states"] + fused["sdn chunked bwd (bidir)"] + 2 * adjoint
-        lines.append(f"bidirectional layer's current path + sdn soma float32 sm_{arch}, fwd+bwd: unfused "
+        lines.append(f"bidirectional layer's current path + sdn soma float32 sm_{arch} {precision}, fwd+bwd: unfused "
                      f"{unfused:.3f} ms, fused (model.fuse_soma=true) {total:.3f} ms (MODELLED)")
     return lines
 

@@ -48,7 +48,7 @@ class SpikingSSMBackbone(nn.Module):
         s4d_implementation: str = "auto",
         conv: str = "auto",
         conv_chunk: int = 64,
-        conv_precision: str = "ieee",
+        conv_precision: str = "tf32x3",
         fuse_soma: bool = False,
     ):
         super().__init__()
@@ -146,7 +146,7 @@ class SpikingSSMClassifier(_Encoded):
         s4d_implementation: str = "auto",
         conv: str = "auto",
         conv_chunk: int = 64,
-        conv_precision: str = "ieee",
+        conv_precision: str = "tf32x3",
         fuse_soma: bool = False,
     ):
         super().__init__()
@@ -196,7 +196,7 @@ class SpikingSSMRetrieval(_Encoded):
         s4d_implementation: str = "auto",
         conv: str = "auto",
         conv_chunk: int = 64,
-        conv_precision: str = "ieee",
+        conv_precision: str = "tf32x3",
         fuse_soma: bool = False,
     ):
         super().__init__()

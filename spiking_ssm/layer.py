@@ -64,10 +64,12 @@ class DropoutNd(nn.Module):
 class SpikingSSM(nn.Module):
     """One SpikingSSM layer: [B, H, L] -> [B, H, L].
 
-    ``conv``/``conv_chunk``: the current path (module docstring); ``conv_precision`` how the Triton chunked kernel
-    multiplies float32 (``ieee``: exact float32, the default; ``tf32x3``/``tf32``: tensor cores, only when asked for;
-    float64 and the torch path are always exact); ``fuse_soma``: on that path, let a soma that can (sdn) compute the
-    currents itself (:meth:`spikes`); ``last_implementation`` names the one the latest call ran, and ``reports_path`` lets :class:`snn_engine.kernel_usage.ImplementationCounter` count it.
+    ``conv``/``conv_chunk``: the current path (module docstring). ``conv_precision``: how the Triton chunked
+    kernel multiplies float32: ``tf32x3`` (default: three tensor-core products of split operands; float32 accuracy,
+    2-2.5e-7 relative against float64 in an emulation, as ``ieee``), ``ieee`` (FFMA) or ``tf32`` (one product, about
+    3e-4: only when asked for); float64 and the torch path are always exact. ``fuse_soma``: on that path, let a soma
+    that can (sdn) compute the currents itself (:meth:`spikes`). ``last_implementation`` names the path the latest
+    call ran; ``reports_path`` lets :class:`snn_engine.kernel_usage.ImplementationCounter` count it.
 
     ``threshold``: ``"channel"`` (learnable theta = exp(ln_theta) per channel, init 1: "VT"), ``"shared"``
     (one learnable scalar) or ``"fixed"`` (theta = 1, "VF"). ``D`` is stored as [H, 1] so that, like the
@@ -91,7 +93,7 @@ class SpikingSSM(nn.Module):
         s4d_implementation: str = "auto",
         conv: str = "auto",
         conv_chunk: int = 64,
-        conv_precision: str = "ieee",
+        conv_precision: str = "tf32x3",
         fuse_soma: bool = False,
     ):
         super().__init__()
@@ -141,11 +143,13 @@ class SpikingSSM(nn.Module):
 
     def chunk_operators(self) -> list[chunked.ChunkOperators]:
         """The chunked path's operators: ``[causal]`` or ``[causal, anti-causal]`` (bidirectional), with D and
-        ``1/theta`` folded in (:func:`spiking_ssm.chunked.chunk_operators`)."""
-        dtA, Bbar, C = self.kernel._zoh()
+        ``1/theta`` folded in (:func:`spiking_ssm.chunked.chunk_operators`), computed in float64 from the
+        parameters whatever their dtype (the operators are [H, N, Q] small; cast by the caller): in float32 the
+        rounding of ``dt A`` alone turns the phase of a slow mode by ``|Im(dt A)| t 6e-8`` rad after t steps."""
+        dtA, Bbar, C = self.kernel._zoh(torch.float64)
         coeff = C * Bbar  # [channels, H, N/2]
-        scale = torch.exp(-self.ln_theta.reshape(-1)).expand(self.d_model)
-        ops = [chunked.chunk_operators(coeff[0], dtA, self.conv_chunk, 0, self.D.reshape(-1), scale)]
+        scale = torch.exp(-self.ln_theta.double().reshape(-1)).expand(self.d_model)
+        ops = [chunked.chunk_operators(coeff[0], dtA, self.conv_chunk, 0, self.D.double().reshape(-1), scale)]
         if self.bidirectional:
             ops.append(chunked.chunk_operators(coeff[1], dtA, self.conv_chunk, 1, None, scale))
         return ops

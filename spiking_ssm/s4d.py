@@ -157,14 +157,16 @@ class S4DKernel(nn.Module):
         else:
             self.register_parameter("B", None)
 
-    def _zoh(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``(dt A [H, N/2], Bbar [H, N/2], C [channels, H, N/2])`` as complex tensors."""
-        A = torch.complex(-torch.exp(self.log_A_real), self.A_imag)
-        dtA = A * torch.exp(self.log_dt).unsqueeze(-1)
+    def _zoh(self, dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(dt A [H, N/2], Bbar [H, N/2], C [channels, H, N/2])`` as complex tensors, computed from the parameters
+        cast to the real ``dtype`` first (None: the parameters' own; differentiable either way)."""
+        cast = (lambda t: t) if dtype is None else (lambda t: t.to(dtype))
+        A = torch.complex(-torch.exp(cast(self.log_A_real)), cast(self.A_imag))
+        dtA = A * torch.exp(cast(self.log_dt)).unsqueeze(-1)
         Bbar = (torch.exp(dtA) - 1.0) / A
         if self.B is not None:
-            Bbar = Bbar * torch.view_as_complex(self.B)
-        return dtA, Bbar, torch.view_as_complex(self.C)
+            Bbar = Bbar * torch.view_as_complex(cast(self.B))
+        return dtA, Bbar, torch.view_as_complex(cast(self.C))
 
     def discretize(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """ZOH ``(Abar [H, N/2], Bbar [H, N/2], C [channels, H, N/2])``: x' = Abar x + Bbar u, y = 2 Re(C x)."""

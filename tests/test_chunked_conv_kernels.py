@@ -60,10 +60,10 @@ def _run(conv, u, ops, upstream, reverse: bool):
     return [y.detach()] + [torch.zeros_like(x) if d is None else d for x, d in zip(leaves, grads)]
 
 
-def _kernel(u, ops, reverse=False):
+def _kernel(u, ops, reverse=False, precision="ieee"):
     from spiking_ssm.kernels.chunked_conv import chunked_conv_triton
 
-    return chunked_conv_triton(u, ops, reverse=reverse)
+    return chunked_conv_triton(u, ops, reverse=reverse, precision=precision)
 
 
 def _relative_errors(got, expected):
@@ -87,15 +87,19 @@ def test_float64_equals_torch_reference(shape, reverse):
     assert all(error <= 1e-12 for error in errors.values()), errors
 
 
+@pytest.mark.parametrize("precision", ["ieee", "tf32x3"])
 @pytest.mark.parametrize("reverse", [False, True])
 @pytest.mark.parametrize("shape", [SHAPES[0], SHAPES[2], SHAPES[3]])
-def test_float32_within_rounding_of_float64(shape, reverse):
+def test_float32_within_rounding_of_float64(shape, reverse, precision):
+    """float32 in both precisions the layer offers as float32-accurate: ``ieee`` (FFMA) and ``tf32x3`` (the default
+    on the layer: three tensor-core products of split operands; the interpreter computes it in plain float32, so
+    its accuracy is checked where the GPU script runs this file on CUDA)."""
     batch, width, length, modes, chunk = shape
     ops32 = _operators(width, modes, chunk, reverse, torch.float32)
     ops64 = ChunkOperators(*[t.detach().double().requires_grad_() for t in ops32])  # the same rounded operators
     u32, upstream32 = _inputs(batch, width, length, torch.float32)
     u64 = u32.detach().double().requires_grad_()
-    got = _run(_kernel, u32, ops32, upstream32, reverse)
+    got = _run(lambda *a, **k: _kernel(*a, **k, precision=precision), u32, ops32, upstream32, reverse)
     expected = _run(chunked_conv, u64, ops64, upstream32.double(), reverse)
     assert got[0].dtype == torch.float32
     errors = dict(zip(NAMES, _relative_errors(got, expected)))

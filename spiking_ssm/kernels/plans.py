@@ -250,7 +250,7 @@ FUSED_SDN_SPILLS = {"float64": {80: 10000, 90: 1200}, "odd": {90: 800}}
 FUSED_SDN_BUDGETS = {"causal": 470, "bidir": 560, "bidir odd L": 700}
 
 
-def _fused_sdn(shape: Shape, dtype) -> list[Plan]:
+def _fused_sdn(shape: Shape, dtype, precision: str = "ieee") -> list[Plan]:
     """The chunked current path fused with the sdn soma (:mod:`spiking_ssm.kernels.chunked_soma`): the forward walk
     (u in, spikes out) and its backward form (``dy = ds * g`` recomputed), causal, bidirectional with L a multiple
     of the chunk, and bidirectional with L - 3 steps (the shifted anti-causal tile); float64 forward only."""
@@ -273,9 +273,11 @@ def _fused_sdn(shape: Shape, dtype) -> list[Plan]:
         spills = FUSED_SDN_SPILLS["float64"] if f64 else FUSED_SDN_SPILLS["odd"] if variant == "bidir odd L" else {}
         for backward in (False, True) if not f64 else (False,):
             constants = dict(Q=chunk, MP=modes, BB=rows, BIDIRECTIONAL=bidirectional, ALIGNED=aligned,
-                             BACKWARD=backward, W_IN_ARGS=not f64, PRECISION="ieee")
+                             BACKWARD=backward, W_IN_ARGS=not f64, PRECISION=precision)
             result.append(Plan(f"sdn chunked {'bwd' if backward else 'fwd'} ({variant})",
-                               _describe({"Q": chunk, "BB": rows}, warps), dtype, chunked_soma._sdn_chunk_kernel,
+                               _describe({"Q": chunk, "BB": rows,
+                                          **({"precision": precision} if precision != "ieee" else {})}, warps),
+                               dtype, chunked_soma._sdn_chunk_kernel,
                                args, constants, warps, b * h * length, rows * length / (32 * warps), count,
                                2 * size + states, Access(size), max_registers=255,
                                max_instructions=FUSED_SDN_BUDGETS[variant] * (3 if f64 else 1)
@@ -302,6 +304,7 @@ def plans(shape: Shape = BENCH, everything: bool = False) -> list[Plan]:
     result += _chunked(shape, torch.float32, "tf32x3")  # model.conv_precision=tf32x3: tensor cores
     for dtype in s4d_dtypes:
         result += _fused_sdn(shape, dtype)
+    result += _fused_sdn(shape, torch.float32, "tf32x3")
     if everything:
         result += _chunked(shape, torch.float32, "ieee", stages=1)  # the walk without pipelining, for comparison
     for dtype in s4d_dtypes:

@@ -80,7 +80,7 @@ class SpikingSSMLanguageModel(nn.Module):
         s4d_implementation: str = "auto",
         conv: str = "auto",
         conv_chunk: int = 64,
-        conv_precision: str = "ieee",
+        conv_precision: str = "tf32x3",
         fuse_soma: bool = False,
     ):
         super().__init__()
