@@ -82,6 +82,8 @@ def _chunked_launcher(name: str, kwargs: dict, warps: int):
     """One launch of the chunked current path (``model.conv=chunked``), causal walk, on N(0, 1) inputs and operators
     from S4D-like parameters: as :func:`spiking_ssm.kernels.chunked_conv.chunked_conv_triton` and its backward make
     them."""
+    import triton
+
     from spiking_ssm.chunked import chunk_operators
     from spiking_ssm.kernels import chunked_conv as cc
 
@@ -92,7 +94,7 @@ def _chunked_launcher(name: str, kwargs: dict, warps: int):
     ops = cc.pad_operators(chunk_operators(torch.randn(h, modes, dtype=torch.complex64, device=cuda), dta, chunk),
                            torch.float32)
     u, grad = torch.randn(b, h, length, device=cuda), torch.randn(b, h, length, device=cuda)
-    count, blocks, padded = triton_cdiv(length, chunk), triton_cdiv(b, rows), ops[-1].shape[-1]
+    count, blocks, padded = triton.cdiv(length, chunk), triton.cdiv(b, rows), ops[-1].shape[-1]
     states = torch.empty(b, h, count, 2, padded, device=cuda)
     adjoint = torch.empty_like(states)
     kind = name.split()[1]
@@ -113,10 +115,6 @@ def _chunked_launcher(name: str, kwargs: dict, warps: int):
             torch.zeros(blocks, *ops[1].shape, device=cuda), torch.zeros(blocks, *ops[3].shape, device=cuda))
     return lambda: cc._chunk_grads_kernel[grid](u, grad, states, adjoint, *outs, *sizes, *u.stride(),
                                                 *grad.stride(), PART=int(kind[-1]), **common)
-
-
-def triton_cdiv(a: int, b: int) -> int:
-    return -(-a // b)
 
 
 def measure_beside_model(rows: list[dict]) -> None:

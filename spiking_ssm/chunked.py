@@ -228,8 +228,3 @@ class ChunkedCurrents(NamedTuple):
     def shape(self) -> torch.Size:
         batch, width, length = self.u.shape
         return torch.Size([length, batch, width])
-
-
-def default_chunk(length: int) -> int:
-    """The chunk size the torch path uses for ``length`` steps: 64 (at most the length rounded up to 16)."""
-    return max(16, min(64, -(-length // 16) * 16))

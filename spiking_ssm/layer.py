@@ -10,12 +10,13 @@ Conv1d H -> 2H, GLU.
 The convolution has two paths, chosen by ``conv`` (``model.conv``): ``fft`` (the reference: one FFT convolution with
 the length-L kernel) and ``chunked`` (:mod:`spiking_ssm.chunked`: chunks of ``conv_chunk`` steps, an in-chunk
 Toeplitz product plus the S4D mode states carried between chunks; the same numbers to rounding, no FFT). ``auto``
-takes ``chunked`` with its Triton kernel on CUDA and ``fft`` elsewhere: on CPU the FFT measured 2-9x faster than the
+takes ``chunked`` with its Triton kernel on CUDA and ``fft`` elsewhere: on CPU the FFT measured 2-4.5x faster than the
 chunked torch code at every length tried (:data:`CPU_MEASUREMENT`).
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Callable
 
 import torch
@@ -105,10 +106,12 @@ class SpikingSSM(nn.Module):
             raise UserError(f"model.conv_chunk={conv_chunk!r}; choose one of {CHUNKS}")
         if conv_precision not in CONV_PRECISIONS:
             raise UserError(f"model.conv_precision={conv_precision!r}; choose one of {CONV_PRECISIONS}")
+        if not isinstance(fuse_soma, bool):
+            raise UserError(f"model.fuse_soma={fuse_soma!r} must be true or false")
         self.conv = conv
         self.conv_chunk = int(conv_chunk)
         self.conv_precision = conv_precision
-        self.fuse_soma = bool(fuse_soma)
+        self.fuse_soma = fuse_soma
         self.last_implementation: str | None = None  # the current path of the latest call, e.g. "chunked (torch)"
         H = d_model
         self.d_model = H
@@ -176,11 +179,9 @@ class SpikingSSM(nn.Module):
         u = _float32_under_autocast(u)
         run = chunked.chunked_conv
         if path == "chunked (triton)":
-            from functools import partial
-
             from spiking_ssm.kernels.chunked_conv import chunked_conv_triton
 
-            run = partial(chunked_conv_triton, precision=self.conv_precision)
+            run = functools.partial(chunked_conv_triton, precision=self.conv_precision)
         with torch.autocast(u.device.type, enabled=False):  # autocast would run the products in half precision
             ops = self._operators(u.dtype)
             y = run(u, ops[0])

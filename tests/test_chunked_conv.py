@@ -361,3 +361,42 @@ def test_tensor_core_precisions_emulated_on_the_chunked_products(monkeypatch, pr
         assert emulated < 2 * ieee
     else:
         assert emulated > 100 * ieee  # the emulation is live: one tf32 product loses three decimal digits
+
+
+def test_fuse_soma_takes_only_a_boolean():
+    with pytest.raises(UserError, match=r"model.fuse_soma='flase' must be true or false"):
+        SpikingSSM(4, torch.nn.Identity, fuse_soma="flase")
+
+
+@pytest.mark.parametrize("kernel", ["torch", "triton"])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_a_non_finite_input_stays_in_its_own_row_as_with_the_fft(kernel, bad):
+    """One NaN/inf in u[b, h, t] (a tl.dot multiplies it by the Toeplitz block's zeros too, giving NaN): like the FFT
+    path, only row (b, h) is touched; every other row equals the FFT path's to 1e-10."""
+    from spiking_ssm.kernels import runtime
+
+    if kernel == "triton" and runtime.triton_unavailable(torch.device("cpu")) is not None:
+        pytest.skip("Triton's interpreter is off")
+    fft = _layer("fft", True, 16, width=3, d_state=4)
+    chunked = _layer("chunked", True, 16, width=3, d_state=4, s4d_implementation=kernel)
+    u = torch.randn(2, 3, 40, dtype=torch.float64)
+    u[1, 2, 17] = bad
+    y_fft, y_chunked = fft.current(u), chunked.current(u)
+    others = torch.ones(2, 3, dtype=torch.bool)
+    others[1, 2] = False
+    assert torch.isfinite(y_chunked[others]).all()
+    assert _relative(y_chunked[others], y_fft[others]) < 1e-10
+    assert not torch.isfinite(y_chunked[1, 2]).all()
+
+
+@pytest.mark.parametrize("soma", ["lif_parallel", "sltt"])
+def test_long_firing_chains_behind_the_chunked_path_spike_as_behind_the_fft(soma):
+    """A constant strong input: currents far above threshold for hundreds of steps (regular firing chains)."""
+    factory = lambda: make_ssm_neuron(soma, implementation="torch")  # noqa: E731
+    fft, chunked = _pair(False, 32, width=4, d_state=8, neuron=factory)
+    u = 3.0 + 0.01 * torch.randn(2, 4, 300, dtype=torch.float64)
+    y = fft.current(u)
+    spikes = {name: layer.spikes(u) for name, layer in (("fft", fft), ("chunked", chunked))}
+    far = (y - 1.0).abs() > 1e-9
+    assert spikes["fft"].mean() > 0.3  # chains of spikes, not a few
+    assert torch.equal(spikes["fft"][far], spikes["chunked"][far])

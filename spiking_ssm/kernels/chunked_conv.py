@@ -79,6 +79,19 @@ if triton is not None:
         return tl.load(ptr + (h * 2 + part) * R * K + tl.arange(0, R)[:, None] * K + tl.arange(0, K)[None, :])
 
     @triton.jit
+    def _program(B, BB: tl.constexpr):
+        """This program's channel ``h``, batch block, its ``[BB]`` rows and which of them exist (``< B``)."""
+        h = tl.program_id(0).to(tl.int64)
+        block = tl.program_id(1).to(tl.int64)
+        rows = block * BB + tl.arange(0, BB)
+        return h, block, rows, rows < B
+
+    @triton.jit
+    def _state_rows(ptr, rows, h, H, CHUNK_COUNT, MP: tl.constexpr):
+        """``[BB, MP]`` pointers to chunk 0's real parts in a ``[B, H, CHUNK_COUNT, 2, MP]`` state tensor."""
+        return ptr + (rows[:, None] * H + h) * CHUNK_COUNT * 2 * MP + tl.arange(0, MP)[None, :]
+
+    @triton.jit
     def _operators(readout_ptr, inject_ptr, decay_ptr, h, MP: tl.constexpr, Q: tl.constexpr,
                    TRANSPOSED: tl.constexpr):
         """Channel ``h``'s readout parts ``[MP, Q]``, inject parts ``[Q, MP]`` (``TRANSPOSED``: the transposed
@@ -117,17 +130,14 @@ if triton is not None:
         """``y`` ``[B, H, L]`` (contiguous) from ``u`` (strides ``su_*``) when ``WRITE_Y``; the chunk-start states
         ``[B, H, CHUNK_COUNT, 2, MP]`` when ``WRITE_STATES``. Operators padded: taps ``[H, Q]``, readout
         ``[H, 2, MP, Q]``, inject ``[H, 2, Q, MP]``, decay ``[H, 2, MP]``."""
-        h = tl.program_id(0).to(tl.int64)
-        rows = tl.program_id(1).to(tl.int64) * BB + tl.arange(0, BB)
-        live = rows < B
-        modes = tl.arange(0, MP)
+        h, _, rows, live = _program(B, BB)
         t_t = _toeplitz(taps_ptr, h, Q, True)  # [Q, Q]
         rr, ri, jr, ji, dr, di = _operators(readout_ptr, inject_ptr, decay_ptr, h, MP, Q, False)
         sr = tl.zeros([BB, MP], dtype=u_ptr.dtype.element_ty)
         si = tl.zeros([BB, MP], dtype=u_ptr.dtype.element_ty)
         u_rows = u_ptr + rows[:, None] * su_b + h * su_h
         y_rows = y_ptr + (rows[:, None] * H + h) * L
-        s_rows = states_ptr + (rows[:, None] * H + h) * CHUNK_COUNT * 2 * MP + modes[None, :]
+        s_rows = _state_rows(states_ptr, rows, h, H, CHUNK_COUNT, MP)
         for k in tl.range(CHUNK_COUNT, num_stages=STAGES):
             time, inside = _chunk(rows, live, k, L, Q, REVERSE)
             u = tl.load(u_rows + time * su_l, mask=inside, other=0.0)  # [BB, Q]
@@ -152,17 +162,14 @@ if triton is not None:
         after each chunk, ``A(k + 1)``, at index ``k`` of ``adjoint`` ``[B, H, CHUNK_COUNT, 2, MP]``. The readout
         and inject come transposed (``[H, 2, Q, MP]``, ``[H, 2, MP, Q]``): loaded as the forward loads its own
         (a transposing load kept the tiles in registers and spilled)."""
-        h = tl.program_id(0).to(tl.int64)
-        rows = tl.program_id(1).to(tl.int64) * BB + tl.arange(0, BB)
-        live = rows < B
-        modes = tl.arange(0, MP)
+        h, _, rows, live = _program(B, BB)
         t = _toeplitz(taps_ptr, h, Q, False)  # [Q, Q]
         rr_t, ri_t, jr_t, ji_t, dr, di = _operators(readout_t_ptr, inject_t_ptr, decay_ptr, h, MP, Q, True)
         ar = tl.zeros([BB, MP], dtype=g_ptr.dtype.element_ty)
         ai = tl.zeros([BB, MP], dtype=g_ptr.dtype.element_ty)
         g_rows = g_ptr + rows[:, None] * sg_b + h * sg_h
         du_rows = du_ptr + (rows[:, None] * H + h) * L
-        a_rows = adjoint_ptr + (rows[:, None] * H + h) * CHUNK_COUNT * 2 * MP + modes[None, :]
+        a_rows = _state_rows(adjoint_ptr, rows, h, H, CHUNK_COUNT, MP)
         for step in tl.range(CHUNK_COUNT, num_stages=STAGES):
             k = CHUNK_COUNT - 1 - step
             time, inside = _chunk(rows, live, k, L, Q, REVERSE)
@@ -186,10 +193,7 @@ if triton is not None:
         ``PART`` 0: ``dt[n, h]`` ``[Q, Q]`` (the Toeplitz block's, ``G^T U``) and ``dinject[n, h]`` ``[2, Q, MP]``
         (``U^T A``); ``PART`` 1: ``dreadout[n, h]`` ``[2, MP, Q]`` (``S^T G``) and ``ddecay[n, h]`` ``[2, MP]``.
         ``states`` and ``adjoint`` ``[B, H, CHUNK_COUNT, 2, MP]``: ``S(k)`` and ``A(k + 1)`` at index ``k``."""
-        h = tl.program_id(0).to(tl.int64)
-        block = tl.program_id(1).to(tl.int64)
-        rows = block * BB + tl.arange(0, BB)
-        live = rows < B
+        h, block, rows, live = _program(B, BB)
         modes = tl.arange(0, MP)
         steps = tl.arange(0, Q)
         dtype = u_ptr.dtype.element_ty

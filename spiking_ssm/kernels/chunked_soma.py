@@ -64,7 +64,7 @@ def soma_warps(dtype: torch.dtype) -> int:
 if triton is not None:
     import triton.language as tl
 
-    from spiking_ssm.kernels.chunked_conv import _chunk, _operators, _toeplitz
+    from spiking_ssm.kernels.chunked_conv import _chunk, _operators, _program, _toeplitz
     from spiking_ssm.kernels.sdn_kernel import _surrogate_factor, _w, _z
     from spiking_ssm.kernels.tiles import _columns, _rows4
 
@@ -110,10 +110,7 @@ if triton is not None:
         the anti-causal currents go through columns ``8 + Q ..`` as they straddle two chunks)."""
         SHIFTED: tl.constexpr = BIDIRECTIONAL and not ALIGNED
         WIDTH: tl.constexpr = 8 + Q + 2 * Q * SHIFTED  # 8: HALO (a jit function reads no module globals)
-        h = tl.program_id(0).to(tl.int64)
-        block = tl.program_id(1).to(tl.int64)
-        rows = block * BB + tl.arange(0, BB)
-        live = rows < B
+        h, block, rows, live = _program(B, BB)
         modes = tl.arange(0, MP)
         steps = tl.arange(0, Q)
         p = L % Q
