@@ -106,7 +106,7 @@ def specialise(kernel, args: tuple, constants: dict, arch: int, num_warps: int, 
 def _cache_key(source, options, arch: int) -> str:
     import triton
 
-    text = f"{source.hash()}|{sorted(options.__dict__.items())}|{arch}|{triton.__version__}|sass-v4"
+    text = f"{source.hash()}|{sorted(options.__dict__.items())}|{arch}|{triton.__version__}|sass-v5"
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
@@ -166,7 +166,12 @@ def compile_for(kernel, args: tuple, constants: dict, arch: int, num_warps: int,
         return KernelStats.from_json(json.loads(path.read_text()))
     from triton.backends.compiler import GPUTarget
 
-    compiled = triton.compile(source, target=GPUTarget("cuda", arch, 32), options=options.__dict__)
+    # always compiled afresh: a cubin from Triton's own cache (keyed by the kernel's source, not its file) carries
+    # the line numbers and file path of whichever checkout compiled it first, and the basic blocks' source texts
+    # (a plan's ``guarded`` lines) are read through them
+    with triton.knobs.compilation.scope():
+        triton.knobs.compilation.always_compile = True
+        compiled = triton.compile(source, target=GPUTarget("cuda", arch, 32), options=options.__dict__)
     with tempfile.TemporaryDirectory() as tmp:
         cubin = Path(tmp) / "kernel.cubin"
         cubin.write_bytes(compiled.asm["cubin"])
