@@ -29,7 +29,7 @@ os.environ.pop("TRITON_INTERPRET", None)  # before triton is imported: real comp
 os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
 
 from spiking_ssm.kernels import offline, plans as plan_list  # noqa: E402
-from spiking_ssm.kernels.roofline import DRAM_BYTES_PER_S, model  # noqa: E402
+from spiking_ssm.kernels.roofline import DRAM_BYTES_PER_S, chunked_floor_ms, model  # noqa: E402
 
 HEADER = (f"{'kernel [config] dtype':<40} {'regs':>4} {'spill':>5} {'smem':>6} {'occ':>3} {'instr/el':>8} "
           f"{'ffma':>6} {'ld':>5} {'st':>5} {'L1 wf/el':>8} {'B/el':>5} {'issue':>7} {'L1':>7} {'DRAM':>7} "
@@ -130,7 +130,16 @@ def summary(rows: list[dict]) -> list[str]:
             line += f"; + exact bwd {backward['ms']:.3f} ms = {row['ms'] + backward['ms']:.3f} ms"
         lines.append(line)
     lines += _chunked_totals(rows)
+    if any(row["name"] in CHUNKED_PARTS for row in rows):
+        lines.append(floor_line())
     return lines
+
+
+def floor_line(elements: int = 64 * 256 * 8192, chunk: int = 64, d_state: int = 64) -> str:
+    """The chunked current path's arithmetic floor per precision (bidirectional forward+backward at H100 peak)."""
+    floors = ", ".join(f"{p} {chunked_floor_ms(elements, chunk, d_state, p):.3f}" for p in ("ieee", "tf32x3", "tf32"))
+    return (f"arithmetic floor of the chunked current path, bidirectional fwd+bwd, chunk {chunk}, d_state {d_state} "
+            f"(its multiply-adds at H100 peak, no memory or soma): {floors} ms (MODELLED)")
 
 
 CHUNKED_PARTS = ("chunked fwd", "chunked states", "chunked adjoint", "chunked grads0", "chunked grads1")

@@ -96,3 +96,38 @@ def test_latency_bound_time_of_a_round_trip_per_trip():
     assert single.bandwidth < 2.98e12 and single.dram_ms < single.latency_ms
     staged = model(counts, **common, prefetch=2)
     assert staged.latency_ms < 0.6 * single.latency_ms
+
+
+@pytest.mark.parametrize("chunk, modes", [(16, 4), (32, 8)])
+def test_chunked_macs_count_what_the_torch_path_multiplies(chunk, modes):
+    """The floor's multiply-adds per element are the matrix products the chunked path's forward and written-out
+    backward run (torch's flop counter over one direction, float64, L a multiple of the chunk)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from spiking_ssm.chunked import chunk_operators, chunked_conv
+    from spiking_ssm.kernels.roofline import chunked_macs
+
+    torch.manual_seed(0)
+    batch, width, length = 2, 3, 8 * chunk
+    dtA = torch.complex(-torch.rand(width, modes, dtype=torch.float64), torch.randn(width, modes, dtype=torch.float64))
+    coeff = torch.randn(width, modes, dtype=torch.complex128)
+    ops = [t.detach().requires_grad_() for t in chunk_operators(coeff, dtA, chunk)]
+    u = torch.randn(batch, width, length, dtype=torch.float64, requires_grad=True)
+    elements = batch * width * length
+    with FlopCounterMode(display=False) as forward:
+        y = chunked_conv(u, type(chunk_operators(coeff, dtA, chunk))(*ops))
+    with FlopCounterMode(display=False) as backward:
+        y.backward(torch.randn_like(y))
+    assert (forward.get_total_flops() / 2 / elements, backward.get_total_flops() / 2 / elements) == \
+        chunked_macs(chunk, 2 * modes)
+
+
+def test_chunked_floor_orders_the_precisions():
+    """At the benchmark's size (bidirectional, chunk 64, d_state 64) the floor is ~5.1 ms on FFMA and ~2.1 ms in
+    tf32x3 (3 products per multiply-add), ~0.7 ms in one-pass tf32; float64 on DMMA runs at the FFMA rate."""
+    from spiking_ssm.kernels.roofline import chunked_floor_ms
+
+    floors = {p: chunked_floor_ms(64 * 256 * 8192, 64, 64, p) for p in ("ieee", "tf32x3", "tf32", "float64")}
+    assert floors["tf32x3"] == pytest.approx(3 * floors["tf32"])
+    assert 4.8 < floors["ieee"] < 5.4 and 1.9 < floors["tf32x3"] < 2.3 and floors["float64"] == pytest.approx(floors["ieee"], rel=1e-3)

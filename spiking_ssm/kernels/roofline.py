@@ -132,3 +132,32 @@ def model(sass: SassCounts, *, elements: int, elements_per_thread: float, trips:
                  l1_ms=1e3 * elements * wave / (SMS * L1_PER_CLOCK * CLOCK_HZ),
                  dram_ms=1e3 * elements * bytes_per_element / bandwidth,
                  latency_ms=1e3 * latency_s)
+
+
+# Arithmetic rates of an H100 SXM (dense, no sparsity): FP32 FMA on the CUDA cores; TF32 and FP64 on tensor cores
+FFMA_PER_S = SMS * 128 * CLOCK_HZ  # 33.4e12 fused multiply-adds per second
+TF32_MACS_PER_S = 494.7e12 / 2
+FP64_MACS_PER_S = 66.9e12 / 2
+PASSES = {"ieee": 1, "tf32": 1, "tf32x3": 3}  # tensor-core products per multiply-add in each float32 precision
+
+
+def chunked_macs(chunk: int, d_state: int) -> tuple[int, int]:
+    """Multiply-adds per element of one direction of the chunked current path (:mod:`spiking_ssm.chunked`), as its
+    torch reference computes them: forward = the chunk's Toeplitz block (``chunk``) + mode states in (``d_state``
+    real numbers per element) + read out (``d_state``); backward = the transposed Toeplitz and its tap gradient
+    (2 ``chunk``) + the states recomputed, the adjoint read in and out, and the readout and inject gradients
+    (5 ``d_state``)."""
+    return chunk + 2 * d_state, 2 * chunk + 5 * d_state
+
+
+def chunked_floor_ms(elements: int, chunk: int, d_state: int, precision: str, directions: int = 2) -> float:
+    """The arithmetic floor of the chunked current path's forward+backward at H100 peak (float32 in ``precision``:
+    ``ieee`` on FFMA, ``tf32``/``tf32x3`` on tensor cores with 1/3 products per multiply-add; ``float64`` on DMMA).
+    Memory, latency and the soma are not in it: no kernel of this algorithm can be faster."""
+    forward, backward = chunked_macs(chunk, d_state)
+    macs = elements * directions * (forward + backward)
+    if precision == "float64":
+        return 1e3 * macs / FP64_MACS_PER_S
+    if precision == "ieee":
+        return 1e3 * macs / FFMA_PER_S
+    return 1e3 * macs * PASSES[precision] / TF32_MACS_PER_S
