@@ -49,9 +49,16 @@ _BOUND_DATA: list = [None]
 
 
 def _data_attribute(name: str):
+    """``${data:NAME}``: a public attribute of the data set being built on, a number, string, boolean or null."""
     if _BOUND_DATA[0] is None:
         raise UserError(f"a config refers to ${{data:{name}}} before a data set was built; build it with the dataset first")
-    return getattr(_BOUND_DATA[0], name, None)
+    if not isinstance(name, str) or name.startswith("_"):
+        raise UserError(f"${{data:{name}}} does not name a public attribute of the data set")
+    value = getattr(_BOUND_DATA[0], name, None)
+    if value is not None and not isinstance(value, (bool, int, float, str)):
+        raise UserError(f"${{data:{name}}} is a {type(value).__name__} of the data set, not a number, string or "
+                        "boolean")
+    return value
 
 
 OmegaConf.register_new_resolver("data", _data_attribute, replace=True)
@@ -219,26 +226,30 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
 
 def checkpoint_config(state: dict, overrides: list[str], source="this checkpoint", added: frozenset = frozenset(),
                       own_keys: tuple[str, ...] = ()) -> DictConfig:
-    """The training config stored in a checkpoint, with ``key=value`` overrides from the command line.
+    """The training config stored in a checkpoint, with ``key=value`` overrides from the command line: the config
+    that ``eval.py``, ``generate`` and the LM tools build from.
 
-    The stored config is checked by :func:`snn_engine.trust.check_config` before anything reads it (it names only
-    targets that ``conf/`` names). An override must name a key the config has, unless its key is in ``added`` (the
-    user wrote ``+key=value``); an unknown key is an error with the nearest known keys (``own_keys``: the command's
-    own settings, offered as suggestions too).
+    It comes from :func:`snn_engine.trust.trusted_config`: resolved with harmless resolvers only, after the overrides,
+    and checked node by node (it builds only targets that ``conf/`` names) before anything reads it; no interpolation
+    of the file is left in it but ``${data:NAME}``. An override must name a key the config has, unless its key is in
+    ``added`` (the user wrote ``+key=value``); an unknown key is an error with the nearest known keys (``own_keys``:
+    the command's own settings, offered as suggestions too).
     """
     if "config_raw" not in state:
         raise UserError(f"{source} has no training config; pass a checkpoint written by train.py")
-    trust.check_config(state["config_raw"], str(source))
-    cfg = OmegaConf.create(state["config_raw"])
-    known = list(resume_contract.flatten(state["config_raw"])) + list(own_keys)
-    for item in overrides:
-        key, _, value = item.partition("=")
-        key = key.lstrip("+~")
-        if key not in added and OmegaConf.select(cfg, key, default=_ABSENT) is _ABSENT:
-            raise UserError(f"unknown setting {key}{suggest(key, known)}; the checkpoint's config has no such key "
-                            f"(write +{key}=... to add one on purpose)")
-        OmegaConf.update(cfg, key, OmegaConf.from_dotlist([f"v={value}"]).v, force_add=True)
-    return cfg
+    raw = state["config_raw"]
+    known = list(resume_contract.flatten(raw)) + list(own_keys) if isinstance(raw, dict) else list(own_keys)
+
+    def apply_overrides(cfg: DictConfig) -> None:
+        for item in overrides:
+            key, _, value = item.partition("=")
+            key = key.lstrip("+~")
+            if key not in added and OmegaConf.select(cfg, key, default=_ABSENT) is _ABSENT:
+                raise UserError(f"unknown setting {key}{suggest(key, known)}; the checkpoint's config has no such key "
+                                f"(write +{key}=... to add one on purpose)")
+            OmegaConf.update(cfg, key, OmegaConf.from_dotlist([f"v={value}"]).v, force_add=True)
+
+    return trust.trusted_config(raw, str(source), apply_overrides)
 
 
 _ABSENT = object()

@@ -4,7 +4,8 @@ Starting Python and importing torch, Hydra and SpikingJelly costs seconds per co
 commands. A forked child already has those modules, and runs the script with :func:`runpy.run_path` as
 ``__main__`` with its own ``sys.argv``, working directory, environment and file descriptors 1 and 2 sent to files, so
 the exit status, stdout and stderr are what the shell would see (an uncaught exception prints its traceback and exits
-1, as the interpreter does). ``prepare`` runs in the child first (e.g. to make the N-th checkpoint rename kill the
+1, as the interpreter does). A ``script`` of the form ``-m package.module`` runs that module as ``python -m`` does
+(:func:`runpy.run_module`). ``prepare`` runs in the child first (e.g. to make the N-th checkpoint rename kill the
 process, or to cap the file size as a full disk would).
 """
 
@@ -39,9 +40,14 @@ def _child(script: Path, args: list[str], cwd: Path, env: dict, out: int, err: i
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         if prepare is not None:
             prepare()
-        sys.argv = [str(script), *args]
+        module = str(script).partition("-m ")[2] if str(script).startswith("-m ") else None
+        sys.argv = [module or str(script), *args]
         try:
-            runpy.run_path(str(script), run_name="__main__")
+            if module:
+                sys.modules.pop(module, None)  # as in a fresh interpreter (runpy warns about a module already loaded)
+                runpy.run_module(module, run_name="__main__", alter_sys=True)
+            else:
+                runpy.run_path(str(script), run_name="__main__")
             code = 0
         except SystemExit as done:
             code = done.code if isinstance(done.code, int) else (0 if done.code is None else 1)
@@ -58,15 +64,17 @@ def _child(script: Path, args: list[str], cwd: Path, env: dict, out: int, err: i
 
 def run_forked(script: str, args: list[str], cwd: Path, env: dict | None = None, timeout: float = 600,
                prepare: Callable[[], None] | None = None) -> subprocess.CompletedProcess:
-    """``python <script> <args>`` in ``cwd``, W&B off, as a forked child; the result as :func:`subprocess.run`
-    gives it (``returncode`` is ``-signal`` when the child was killed)."""
+    """``python <script> <args>`` (``python -m module <args>`` for ``script="-m module"``) in ``cwd``, W&B off, as a
+    forked child; the result as :func:`subprocess.run` gives it (``returncode`` is ``-signal`` when the child was
+    killed)."""
     env = {"WANDB_MODE": "disabled", "PYTHONUNBUFFERED": "1", **(env or {})}
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         sys.stdout.flush()
         sys.stderr.flush()
         pid = os.fork()
         if pid == 0:
-            _child(REPO / script, args, Path(cwd), env, out.fileno(), err.fileno(), prepare)
+            _child(script if script.startswith("-m ") else REPO / script, args, Path(cwd), env, out.fileno(),
+                   err.fileno(), prepare)
         deadline = __import__("time").monotonic() + timeout
         while True:
             done, status = os.waitpid(pid, os.WNOHANG)

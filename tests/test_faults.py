@@ -80,15 +80,21 @@ def test_bad_eval_argument_is_one_line_and_leaves_nothing(tmp_path, finished, ar
     assert snapshot(finished) == before
 
 
+CRAFTED_LOADERS = {"eval.py": ["logger=none", "ckpt={crafted}", "paths.output={out}"],
+                   "-m spiking_ssm.lm.generate": ["ckpt={crafted}", "prompt=the"]}
+
+
+@pytest.mark.parametrize("tool", list(CRAFTED_LOADERS))
 @pytest.mark.parametrize("node,config,named", DANGEROUS_CONFIGS, ids=[c[2] for c in DANGEROUS_CONFIGS])
-def test_crafted_checkpoint_never_runs_code(tmp_path, finished, node, config, named):
+def test_crafted_checkpoint_never_runs_code(tmp_path, finished, node, config, named, tool):
     victim = tmp_path / "victim.txt"
     state = torch.load(finished / "checkpoints" / "best.pt", weights_only=True)
     text = repr(config).replace("{victim}", str(victim))
-    state["config_raw"][node] = eval(text)  # a plain dict literal of our own making
+    state["config_raw"][node] = eval(text)  # a plain literal of our own making
     crafted = tmp_path / "crafted.pt"
     torch.save(state, crafted)
-    done = run_forked("eval.py", ["logger=none", f"ckpt={crafted}", f"paths.output={tmp_path / 'out'}"], tmp_path)
+    args = [a.format(crafted=crafted, out=tmp_path / "out") for a in CRAFTED_LOADERS[tool]]
+    done = run_forked(tool, args, tmp_path)
     assert_one_line_error(done, f"refusing to load {crafted}")
     assert named in done.stderr
     assert not victim.exists() and not victim.is_symlink() and not (tmp_path / "out").exists()

@@ -9,7 +9,8 @@ missing or different data copy cannot change the text. An older checkpoint witho
 the data set of its config, with a warning.
 
 Everything the config names (model, neuron and, for old checkpoints, data ``_target_``s) is imported and built in
-one function, :func:`build_from_config`, the place for a guard on what a checkpoint may name. Override keys
+one function, :func:`build_from_config`, from the config of :func:`snn_engine.run.checkpoint_config` (resolved and
+checked by :mod:`snn_engine.trust`; checked again here as given, so no unchecked config is built from). Override keys
 (``section.key=value``) must exist in the stored config (``+section.key=value`` adds one); a misspelt key is a
 one-line error with the closest existing key.
 """
@@ -67,9 +68,9 @@ def build_from_config(cfg: DictConfig, state: dict, source: object) -> tuple[Spi
     from hydra.utils import get_class
 
     from snn_engine.run import build_model  # the engine's restore path (heavy import)
-    from snn_engine.trust import check_config
+    from snn_engine.trust import require_resolved
 
-    check_config(state.get("config_raw"), str(source))  # nothing it names is imported before this
+    require_resolved(cfg, str(source))  # cfg is checkpoint_config's: resolved and checked; nothing imported before
     target = OmegaConf.select(cfg, "model._target_")
     try:
         cls = get_class(str(target))
