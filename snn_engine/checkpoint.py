@@ -106,8 +106,8 @@ def load(path: str | os.PathLike) -> dict:
         raise UserError(f"checkpoint {path} does not exist; pass an existing file (ckpt=... or trainer.resume=...)")
     state = load_plain(path, "checkpoint", fix)
     if not isinstance(state, dict):
-        raise UserError(f"checkpoint {path} holds a {type(state).__name__}, not a checkpoint (train.py writes a dict of "
-                        f"weights, optimizer state and config); {fix}")
+        raise UserError(f"checkpoint {path} holds a {type(state).__name__}, not a checkpoint (train.py writes a dict "
+                        f"of weights, optimizer state and config); {fix}")
     return update_targets(state)
 
 

@@ -1,4 +1,4 @@
-"""Reading a ``.pt`` file that a user named: ``torch.load(weights_only=True)``, and one plain line for each way it fails.
+"""Reading a ``.pt`` file that a user named: ``torch.load(weights_only=True)``, one plain line per way it fails.
 
 torch's own messages run over several lines, carry terminal colour codes and advise loading with
 ``weights_only=False`` (which would run whatever code the file holds). :func:`load_plain` turns each failure into a
