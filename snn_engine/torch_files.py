@@ -16,7 +16,6 @@ import os
 import re
 import warnings
 from pathlib import Path
-from pickle import UnpicklingError
 
 import torch
 
@@ -24,11 +23,20 @@ from snn_engine.errors import UserError
 from snn_engine.file_errors import why
 
 ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+ZIP_MAGIC = b"PK\x03\x04"
 
 
 def plain(text: str) -> str:
     """The first line of ``text`` without terminal escape codes."""
     return (ANSI.sub("", str(text)).strip().splitlines() or [""])[0].strip()
+
+
+def _head(path: Path) -> bytes:
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(4)
+    except OSError:
+        return b""
 
 
 def what_it_is_not(error: BaseException, path: Path) -> str:
@@ -40,13 +48,14 @@ def what_it_is_not(error: BaseException, path: Path) -> str:
                 "loading that could run code")
     if isinstance(error, OSError):
         return why(error, path)
-    if path.is_file() and path.stat().st_size == 0:
+    head = _head(path)
+    if not head:
         return "it is empty"
-    if "PytorchStreamReader" in text or "zip archive" in text or "central directory" in text:
-        return "it is not a complete PyTorch file (truncated or corrupt: its zip archive cannot be read)"
-    if isinstance(error, (UnpicklingError, EOFError, KeyError, ValueError)) or "load key" in text:
+    if head != ZIP_MAGIC:  # torch.save writes a zip archive
         return "it is not a PyTorch file (torch.save did not write it)"
-    return f"it cannot be read ({type(error).__name__}: {plain(text)})"
+    if any(sign in text for sign in ("central directory", "failed reading", "truncated", "corrupt")):
+        return "it is not a complete PyTorch file (truncated or corrupt: its zip archive cannot be read)"
+    return f"it is a zip archive that torch cannot read ({type(error).__name__}: {plain(text)})"
 
 
 def load_plain(path: str | os.PathLike, what: str, fix: str) -> object:
