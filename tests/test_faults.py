@@ -270,27 +270,27 @@ def test_full_disk_is_one_line_and_keeps_the_previous_checkpoint(tmp_path, finis
 
 
 def test_a_failed_final_summary_is_one_line_and_leaves_no_stale_summary(tmp_path, finished):
-    """A resumed run (its summary from an earlier stop says interrupted) finishes, but its summary's temp path is taken
-    by a directory: one line; the checkpoints are the finished run's, and no summary claims otherwise."""
+    """A run whose summary says interrupted (at step 3) resumes to its end (the finished checkpoints: nothing left to
+    train), but the summary's temp path is taken by a directory: one line, and no summary claims otherwise."""
     from snn_engine.summary_file import temp_path
 
     run = copy_run(finished, tmp_path, "base")
     summary = json.loads((run / "summary.json").read_text())
     (run / "summary.json").write_text(json.dumps({**summary, "status": "interrupted", "step": 3}))
     temp_path(run / "summary.json").mkdir()
-    done = train(tmp_path, "run_name=base", "trainer.resume=auto", "trainer.epochs=3")
-    assert_one_line_error(done, "the run finished at step 9 with its checkpoints complete in")
-    assert "is a directory, not a file" in done.stderr and "(status interrupted, step 3) was removed" in done.stderr
-    assert "run_name=base trainer.resume=auto" in done.stderr
-    assert not (run / "summary.json").exists() and temp_path(run / "summary.json").is_dir()
-    assert torch.load(run / "checkpoints" / "last.pt", weights_only=True)["step"] == 9
-    assert sorted(p.name for p in (tmp_path / "out" / "train").iterdir()) == ["base"]
     before = snapshot(run / "checkpoints")
+    done = train(tmp_path, "run_name=base", "trainer.resume=auto")
+    assert_one_line_error(done, f"the run finished at step 6 with its checkpoints complete in {run / 'checkpoints'}")
+    assert "is a directory, not a file" in done.stderr and "(status interrupted, step 3) was removed" in done.stderr
+    assert "run_name=base trainer.resume=auto to write it without training further" in done.stderr
+    assert not (run / "summary.json").exists() and temp_path(run / "summary.json").is_dir()
+    assert snapshot(run / "checkpoints") == before and (run / "train.log").is_file()
+    assert sorted(p.name for p in (tmp_path / "out" / "train").iterdir()) == ["base"]
     temp_path(run / "summary.json").rmdir()  # the fix the line names: the summary, without further training
-    again = train(tmp_path, "run_name=base", "trainer.resume=auto", "trainer.epochs=3")
+    again = train(tmp_path, "run_name=base", "trainer.resume=auto")
     assert again.returncode == 0, again.stderr[-3000:]
-    assert json.loads((run / "summary.json").read_text())["status"] == "finished"
-    assert json.loads((run / "summary.json").read_text())["step"] == 9 and snapshot(run / "checkpoints") == before
+    written = json.loads((run / "summary.json").read_text())
+    assert written["status"] == "finished" and written["step"] == 6 and snapshot(run / "checkpoints") == before
 
 
 def full_disk_at_the_summary():
