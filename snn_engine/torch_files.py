@@ -71,4 +71,4 @@ def load_plain(path: str | os.PathLike, what: str, fix: str) -> object:
             warnings.filterwarnings("ignore", message="Detected pickle protocol")  # pickles torch did not write
             return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # noqa: BLE001 - any unreadable file is the user's to fix
-        raise UserError(f"{what} {path} cannot be loaded: {what_it_is_not(error, path)}; {fix}") from error
+        raise UserError(f"{what} {path} cannot be read: {what_it_is_not(error, path)}; {fix}") from error
