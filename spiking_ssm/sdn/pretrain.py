@@ -1,4 +1,4 @@
-"""Train the SDN on exact LIF traces of varied currents, reduce it and write the packaged weights.
+"""Train the SDN on exact LIF traces of varied currents, reduce it and write its weights and their record.
 
     python -m spiking_ssm.sdn.pretrain [--tau 0.125] [--train-seqs N] [--finetune-epochs E]
         [--out PATH.pt [--overwrite] | --replace-packaged]
