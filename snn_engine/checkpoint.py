@@ -19,6 +19,7 @@ import torch
 
 from snn_engine.errors import RunFailed, UserError
 from snn_engine.moved_targets import update_targets
+from snn_engine.torch_files import load_plain
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -89,15 +90,25 @@ def non_finite_tensors(state: dict, prefix: str = "") -> list[str]:
 
 def load(path: str | os.PathLike) -> dict:
     """Load a checkpoint written by :func:`atomic_save` on CPU, refusing arbitrary pickled objects; class paths that
-    moved since it was written are renamed (:func:`snn_engine.moved_targets.update_targets`)."""
+    moved since it was written are renamed (:func:`snn_engine.moved_targets.update_targets`).
+
+    Every way a named file can fail to be a checkpoint is one :class:`UserError` line naming it: missing, a folder
+    (with the run's ``checkpoints/best.pt`` suggested where there is one), unreadable or not written by torch
+    (:func:`snn_engine.torch_files.load_plain`), or a file whose top level is not a dict (a saved tensor, a list)."""
     path = Path(path)
-    if not path.is_file():
+    fix = "pass a checkpoint written by train.py (ckpt=... or trainer.resume=...)"
+    if path.is_dir():
+        inside = [c for c in (path / "checkpoints" / "best.pt", path / "best.pt") if c.is_file()]
+        raise UserError(f"checkpoint {path} is a directory, not a file; " + (
+            f"pass the checkpoint inside it: {inside[0]}" if inside else
+            f"pass a checkpoint file, such as <run folder>/checkpoints/best.pt"))
+    if not path.exists():
         raise UserError(f"checkpoint {path} does not exist; pass an existing file (ckpt=... or trainer.resume=...)")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # truncated, corrupt or not a checkpoint of ours
-        raise UserError(f"checkpoint {path} cannot be read ({type(error).__name__}: {error}); pass a valid .pt file") from error
-    return update_targets(state) if isinstance(state, dict) else state
+    state = load_plain(path, "checkpoint", fix)
+    if not isinstance(state, dict):
+        raise UserError(f"checkpoint {path} holds a {type(state).__name__}, not a checkpoint (train.py writes a dict "
+                        f"of weights, optimizer state and config); {fix}")
+    return update_targets(state)
 
 
 def rng_state() -> dict:

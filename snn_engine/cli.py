@@ -10,7 +10,7 @@ from typing import Callable
 from hydra.core.hydra_config import HydraConfig
 
 from snn_engine import run_folder
-from snn_engine.errors import UserError
+from snn_engine.errors import RunFailed, UserError
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
@@ -39,7 +39,7 @@ def user_error_in(error: BaseException) -> UserError | None:
 def guarded(main: Callable[[], int | None]) -> int:
     """Run ``main`` in the run folder this process claimed (:mod:`snn_engine.run_folder`); a :class:`UserError` (also
     one wrapped by Hydra's instantiation) becomes one line on stderr and exit status 1, and a run that failed before
-    it started leaves nothing behind."""
+    it started leaves nothing behind (one that started and failed, :class:`RunFailed`, keeps its folder)."""
     try:
         run_folder.check_claim()
         return int(main() or 0)
@@ -49,5 +49,6 @@ def guarded(main: Callable[[], int | None]) -> int:
             raise
         logging.getLogger("snn_engine").debug("user error", exc_info=True)
         print("error: " + " ".join(line.strip() for line in str(error).splitlines()), file=sys.stderr)
-        run_folder.remove_leftovers(run_dir())
+        if not isinstance(error, RunFailed):  # a run that started keeps its folder: its log says what it did
+            run_folder.remove_leftovers(run_dir())
         return 1

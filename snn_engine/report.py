@@ -58,12 +58,14 @@ def fold_for_inference(model: nn.Module, position_bn: str) -> nn.Module:
 
 def spike_report(cfg: DictConfig, model: nn.Module, loader: DataLoader, device: torch.device,
                  dtype: torch.dtype | None, autocast: contextlib.AbstractContextManager | None, run_dir: Path,
-                 is_main: bool, task=None) -> dict:
-    """Evaluate ``model`` with spike, operation and energy accounting; see the module docstring.
+                 is_main: bool, task=None, progress: bool = True) -> dict:
+    """Evaluate ``model`` with spike, operation and energy accounting; see the module docstring (``progress``: show
+    the progress bar on the main process).
 
     Returns ``{"val": {the task's metrics (:mod:`snn_engine.tasks`), firing_rate}, "spikes":
     FiringRateMeter.compute_detailed(),
-    "ops": OpCounter.compute(), "mfi": {...} (mfi=true), "figures": {name: path}}``.
+    "ops": OpCounter.compute(), "mfi": {...} (mfi=true; ``folded`` says whether the folded form was evaluated),
+    "figures": {name: path}}``.
     """
     model.eval()
     foldable = is_foldable_family(model)
@@ -74,16 +76,17 @@ def spike_report(cfg: DictConfig, model: nn.Module, loader: DataLoader, device: 
     energy = cfg.energy
     with OpCounter(evaluated, time_steps=time_steps_of(evaluated), e_ac=float(energy.e_ac),
                    e_mac=float(energy.e_mac), convention=str(energy.convention)) as counter:
-        val = evaluate_model(evaluated, loader, device, dtype, autocast, progress=is_main, detailed=True, task=task)
+        val = evaluate_model(evaluated, loader, device, dtype, autocast, progress=is_main and progress, detailed=True,
+                             task=task)
     report = {"val": {k: v for k, v in val.items() if k != "spikes"}, "spikes": val["spikes"],
               "ops": counter.compute(device)}
     if folded is not None:
-        report["mfi"] = {**folded.mfi_audit(report["ops"]),
+        report["mfi"] = {"folded": True, **folded.mfi_audit(report["ops"]),
                          **compare_logits(model, folded, loader, device, dtype, autocast,
                                           limit_batches=int(cfg.mfi_compare_batches))}
         report["mfi_text"] = folded.format_mfi_audit(report["mfi"])
     elif cfg.mfi:
-        report["mfi"] = {"applicable": False, "reason": not_applicable(model)}
+        report["mfi"] = {"applicable": False, "folded": False, "reason": not_applicable(model)}
     if cfg.get("nir") and is_main:
         report["nir"] = export_nir_graph(model, run_dir / "model.nir", str(cfg.position_bn), loader)
     if cfg.figures and is_main:

@@ -8,7 +8,6 @@ model calls once per spiking layer), ``model`` (called with ``neuron=``), ``opti
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 import time
@@ -20,9 +19,9 @@ from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from snn_engine import checkpoint as ckpt_io
-from snn_engine import distributed, resume_contract, run_folder, trust
+from snn_engine import distributed, resume_contract, run_folder, summary_file, trust
 from snn_engine.config_check import EVAL_RULES, check, check_train_config, max_steps
-from snn_engine.errors import UserError
+from snn_engine.errors import RunFailed, UserError
 from snn_engine.evaluation import evaluate_model
 from snn_engine.logger import NullLogger
 from snn_engine.kernel_usage import ImplementationCounter, reports_path
@@ -106,10 +105,8 @@ def resume_path(cfg: DictConfig, run_dir: Path) -> Path | None:
 
 
 def write_json(path: Path, values: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(values, indent=2, sort_keys=True, default=float))
-    tmp.replace(path)
+    """Write ``values`` to ``path`` atomically (:func:`snn_engine.summary_file.write_atomic`)."""
+    summary_file.write_atomic(path, values)
 
 
 def record_failure(run_dir: Path, trainer: Trainer, error: UserError, started: float) -> None:
@@ -122,7 +119,8 @@ def record_failure(run_dir: Path, trainer: Trainer, error: UserError, started: f
     try:
         write_json(run_dir / "summary.json", summary)
     except OSError as write_error:
-        log.error("could not write %s: %s", run_dir / "summary.json", write_error)
+        log.error("could not write %s: %s; %s", run_dir / "summary.json", write_error,
+                  summary_file.remove_stale(run_dir / "summary.json") or "no summary was there")
 
 
 def prepare_resume(cfg: DictConfig, run_dir: Path) -> tuple[Path | None, dict | None, dict]:
@@ -210,7 +208,7 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
             "resume_changes": {k: [a, b] for k, (a, b) in changes.items()},
         }
         if env.is_main:
-            write_json(run_dir / "summary.json", summary)
+            write_final_summary(run_dir, summary, logger)
             logger.summary({"best/" + k: v for k, v in trainer.best.items() if isinstance(v, (int, float))})
             logger.summary({f"neurons_ran/{impl}": calls for impl, calls in usage.summary()["calls"].items()})
             logger.finish()
@@ -222,6 +220,22 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
         return summary
     finally:
         distributed.cleanup()
+
+
+def write_final_summary(run_dir: Path, summary: dict, logger) -> None:
+    """The finished (or stopped) run's ``summary.json``; a failed write is one :class:`RunFailed` line that says where
+    the checkpoints are and how to write the summary later (:func:`snn_engine.summary_file.write_or_fail`)."""
+    status, step = summary["status"], summary["step"]
+    later = ("without training further" if status == "finished" else "and continue the run")
+    try:
+        summary_file.write_or_fail(
+            run_dir / summary_file.NAME, summary,
+            f"the run {status} at step {step} with its checkpoints complete in {run_dir / 'checkpoints'}",
+            f"free disk space (or make the folder writable), then run the same command with run_name={run_dir.name} "
+            f"trainer.resume=auto to write it {later}")
+    except RunFailed:
+        logger.finish()
+        raise
 
 
 def checkpoint_config(state: dict, overrides: list[str], source="this checkpoint", added: frozenset = frozenset(),
@@ -267,7 +281,7 @@ def suggest(key: str, known: list[str]) -> str:
     return f" (did you mean {' or '.join(close)}?)" if close else ""
 
 
-def language_model_extras(data, model, env, dtype, autocast, task, report: dict) -> dict:
+def language_model_extras(data, model, env, dtype, autocast, task, report: dict, progress: bool = True) -> dict:
     """A language model's evaluation beyond the validation split: energy per token (the validation report's
     per-sample energy over its tokens per sample) and the test split's perplexity, where the data set has one."""
     val_tokens = report["val"]["tokens"]
@@ -277,8 +291,19 @@ def language_model_extras(data, model, env, dtype, autocast, task, report: dict)
         test_set = data.test_set()
         loader = torch.utils.data.DataLoader(test_set, batch_size=int(data.batch_size), num_workers=int(data.num_workers),
                                              sampler=distributed.ShardSampler(len(test_set), env.rank, env.world_size))
-        extras["test"] = evaluate_model(model, loader, env.device, dtype, autocast, progress=env.is_main, task=task)
+        extras["test"] = evaluate_model(model, loader, env.device, dtype, autocast, progress=env.is_main and progress,
+                                         task=task)
     return extras
+
+
+def folding(report: dict) -> str:
+    """What the result line says about ``mfi=true``: folded, or (a model without a folded form) that nothing was."""
+    mfi = report.get("mfi")
+    if mfi is None:
+        return ""
+    if mfi.get("applicable") is False:
+        return f", not folded (mfi=true, but {mfi['reason'].split(':')[0]}; evaluated as trained)"
+    return " folded (mfi=true)"
 
 
 def evaluate(cfg: DictConfig, run_dir: str | Path, overrides: list[str], added: frozenset = frozenset()) -> dict:
@@ -324,7 +349,9 @@ def evaluate(cfg: DictConfig, run_dir: str | Path, overrides: list[str], added: 
             collate_fn=data.collate_fn() if hasattr(data, "collate_fn") else None)
         autocast = torch.autocast("cuda", dtype=PRECISIONS[precision]) if precision in ("bf16", "fp16") else None
         task = task_for(data)
-        report = spike_report(cfg, model, loader, env.device, dtype, autocast, run_dir, env.is_main, task=task)
+        progress = bool(train_cfg.trainer.get("progress_bar", True))  # trainer.progress_bar=false: no bar here either
+        report = spike_report(cfg, model, loader, env.device, dtype, autocast, run_dir, env.is_main, task=task,
+                              progress=progress)
         result = report["val"]
         summary = {"ckpt": str(cfg.ckpt), "step": state["step"], "epoch": state["epoch"], "use_ema": bool(cfg.use_ema),
                    "task": task.name, "val": result, "num_params": count_parameters(model),
@@ -332,15 +359,16 @@ def evaluate(cfg: DictConfig, run_dir: str | Path, overrides: list[str], added: 
                    "model": OmegaConf.to_container(train_cfg.model, resolve=True),
                    **{k: report[k] for k in ("spikes", "ops", "mfi", "nir", "figures") if k in report}}
         if task.unit == "tokens":
-            summary.update(language_model_extras(data, model, env, dtype, autocast, task, report))
+            summary.update(language_model_extras(data, model, env, dtype, autocast, task, report, progress))
         if env.is_main:
-            write_json(run_dir / "summary.json", summary)
-            log.info("evaluated %s (step %d)%s: val %s, firing rate %.4f", cfg.ckpt, state["step"],
-                     " folded (mfi=true)" if cfg.mfi else "", task.describe(result),
-                     result["firing_rate"].get("overall", 0.0))
+            log.info("evaluated %s (step %d)%s: val %s, firing rate %.4f", cfg.ckpt, state["step"], folding(report),
+                     task.describe(result), result["firing_rate"].get("overall", 0.0))
             if "test" in summary:
                 log.info("test split: %s", task.describe(summary["test"]))
             log.info("\n%s", format_report(report))
+            summary_file.write_or_fail(run_dir / summary_file.NAME, summary,  # the results above are logged first
+                                       f"evaluated {cfg.ckpt}: val {task.describe(result)}",
+                                       "free disk space or point paths.output at another disk, then evaluate again")
             logger = instantiate(cfg.logger)
             logger.start(str(run_dir), {"eval": OmegaConf.to_container(cfg, resolve=True),
                                         "train": OmegaConf.to_container(train_cfg, resolve=True)})

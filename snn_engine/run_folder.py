@@ -10,6 +10,11 @@ the ``claim_run_dir`` resolver registered here, so the folder is claimed before 
 - the claiming process holds an exclusive ``flock`` on ``<run dir>/.run.lock`` while it lives (released by the
   kernel even after ``kill -9``), so two live jobs never write into one folder.
 
+The output folder (``paths.output``, the resolver's third argument) is checked first: an empty one (which would put
+the run at the top of the file system) is refused, and so is a run folder that cannot be made or written (a read-only
+file system, a file in the way, no permission, a full disk): each is a refusal naming the folder and the reason, before
+anything runs.
+
 A refused claim must not touch the existing folder, yet Hydra writes its config and log somewhere: the resolver
 then points Hydra at a scratch folder under the system's temp dir, and the entrypoint raises :func:`refusal` as its
 one-line error (the scratch folder is removed by :func:`remove_leftovers`).
@@ -31,6 +36,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from snn_engine.errors import UserError
+from snn_engine.file_errors import why
 
 LOCK_NAME = ".run.lock"
 RESUME_CONFIG_PREFIX = "resume-"
@@ -85,9 +91,22 @@ def _refuse(message: str) -> str:
     return str(_Claim.path)
 
 
+def remove_empty(folders: list[Path]) -> None:
+    """Remove each of ``folders`` (deepest first) while they are empty: what a failed run made and did not fill."""
+    for empty in folders:
+        try:
+            empty.rmdir()
+        except OSError:
+            break
+
+
 def _create(folder: Path) -> bool:
     missing = [p for p in [folder.parent, *folder.parent.parents] if not p.exists()]
-    folder.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        remove_empty(missing)
+        raise
     _Claim.made_parents = _Claim.made_parents or missing
     try:
         folder.mkdir()
@@ -96,30 +115,44 @@ def _create(folder: Path) -> bool:
         return False
 
 
-def claim_run_dir(folder: str, resume=None) -> str:
-    """The run folder this process may write into (see the module docstring); memoised per process."""
+def claim_run_dir(folder: str, resume=None, output: str | None = None) -> str:
+    """The run folder this process may write into (see the module docstring); memoised per process. ``output`` is
+    ``paths.output``, the folder that ``folder`` lies in."""
     if _Claim.path is not None:
         return str(_Claim.path)
     path = Path(folder)
     if not _is_rank_zero():  # Hydra's files of other ranks go to scratch; they adopt rank 0's folder later
         _Claim.path = Path(tempfile.mkdtemp(prefix=f"snn-rank{os.environ.get('RANK')}-"))
         return str(_Claim.path)
+    if output is not None and not str(output).strip():
+        return _refuse(f"paths.output is empty, so the run would be written at the top of the file system ({path}); "
+                       "set paths.output=DIR (default: outputs, or $SNN_OUTPUT)")
     generated = path.name.endswith("_" + _Claim.suffix)
-    fresh = _create(path)
-    for _ in range(8):
-        if fresh or not generated:
-            break
-        old = _Claim.suffix
-        _Claim.suffix = secrets.token_hex(3)
-        path = path.with_name(path.name[: -len(old)] + _Claim.suffix)
+    try:
         fresh = _create(path)
+        for _ in range(8):
+            if fresh or not generated:
+                break
+            old = _Claim.suffix
+            _Claim.suffix = secrets.token_hex(3)
+            path = path.with_name(path.name[: -len(old)] + _Claim.suffix)
+            fresh = _create(path)
+    except OSError as error:
+        return _refuse(f"cannot create the run folder {path}: {why(error, path)}; set paths.output to a folder you "
+                       "can write")
     if not fresh and not resume:
         if holds_results(path):
             return _refuse(f"run folder {path} already holds another run's checkpoints or summary; pass "
                            "trainer.resume=auto to continue that run, or choose a new run_name")
         return _refuse(f"run folder {path} already exists; choose a new run_name (or pass trainer.resume=auto to "
                        "continue in it)")
-    holder = _lock(path)
+    try:
+        holder = _lock(path)
+    except OSError as error:
+        if fresh:
+            remove_empty([path, *_Claim.made_parents])
+        return _refuse(f"cannot write in the run folder {path}: {why(error, path / LOCK_NAME)}; set paths.output to a "
+                       "folder you can write")
     if holder is not None:
         return _refuse(f"run folder {path} is in use by a running job ({holder}); wait for it to end or choose "
                        "another run_name")
@@ -160,11 +193,28 @@ def remove_leftovers(folder: Path) -> None:
     shutil.rmtree(folder / ".hydra", ignore_errors=True)
     for name in [LOCK_NAME, *[p.name for p in folder.glob("*.log")]]:
         (folder / name).unlink(missing_ok=True)
-    for empty in [folder, *_Claim.made_parents]:
-        try:
-            empty.rmdir()
-        except OSError:
-            break
+    remove_empty([folder, *_Claim.made_parents])
+
+
+def new_folder(parent: str | os.PathLike, stem: str) -> tuple[Path, list[Path]]:
+    """A folder ``<parent>/<stem>_<6 hex digits>`` that did not exist, for a command outside Hydra (the SDN's
+    pre-training): made with ``os.mkdir`` (exclusive; another suffix when taken), and the folders above it that this
+    made (deepest first), for :func:`remove_empty` after a failed run. An :class:`OSError` leaves nothing made."""
+    parent = Path(parent)
+    missing = [p for p in [parent, *parent.parents] if not p.exists()]
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        for _ in range(16):
+            folder = parent / f"{stem}_{secrets.token_hex(3)}"
+            try:
+                folder.mkdir()
+                return folder, missing
+            except FileExistsError:
+                continue
+        raise FileExistsError(f"16 random names under {parent} were taken")
+    except OSError:
+        remove_empty(missing)
+        raise
 
 
 def remove_stale_temp_files(folder: Path) -> list[Path]:

@@ -115,7 +115,8 @@ class ParallelLIFNeuron(base.MemoryModule):
             return None
         if weights is None and not path.is_file():
             raise UserError(f"neuron.guess=sdn: no packaged SDN for neuron.tau={self.tau:g}; use neuron.guess=zero "
-                            f"(or auto), or pass neuron.weights=PATH.pt from `python -m spiking_ssm.pretrain_sdn`")
+                            "(or auto), or pass neuron.weights=PATH.pt from "
+                            f"`python -m spiking_ssm.sdn.pretrain --tau {self.tau:g}`")
         sdn = load_reduced(path)
         if not math.isclose(float(sdn.tau), self.tau, rel_tol=1e-6, abs_tol=1e-9):
             raise UserError(f"SDN weights {path} were trained for tau={float(sdn.tau):g}, not neuron.tau={self.tau:g}; "

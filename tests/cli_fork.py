@@ -51,6 +51,8 @@ def _child(script: Path, args: list[str], cwd: Path, env: dict, out: int, err: i
             code = 0
         except SystemExit as done:
             code = done.code if isinstance(done.code, int) else (0 if done.code is None else 1)
+            if not isinstance(done.code, int) and done.code is not None:
+                print(done.code, file=sys.stderr)  # as the interpreter does with SystemExit("message")
         except BaseException:
             traceback.print_exc()
             code = 1

@@ -33,6 +33,15 @@ TRAIN_BAD_VALUES = [
     (["logger=wandb", "logger.mode=bogus"], "logger.mode='bogus' is invalid"),
     (["trainer.resume=/nonexistent/last.pt"], "does not exist"),
     (["trainer.resume_allow_changes=yes"], "trainer.resume_allow_changes='yes' is invalid"),
+    # integers beyond what torch takes (snn_engine.bounds): refused before anything is built
+    (["seed=18446744073709551617"], "seed=18446744073709551617 is invalid: it must be a whole number in [0, 4294967295]"),
+    (["seed=1e20"], "seed=1e+20 is invalid: it must be a whole number in [0, 4294967295]"),
+    (["dataset.seed=-1"], "dataset.seed=-1 is invalid"),
+    (["dataset.batch_size=2147483648"], "dataset.batch_size=2147483648 is invalid: it must be a whole number in [1, "),
+    (["model.T=99999999999999999999"], "model.T=99999999999999999999 is invalid"),
+    (["model.dim=4294967296"], "model.dim=4294967296 is invalid"),
+    (["trainer.epochs=9223372036854775808"], "trainer.epochs=9223372036854775808 is invalid"),
+    (["model.depths=[1,1,99999999999999999999,1]"], "model.depths holds 99999999999999999999, which is invalid"),
 ]
 
 EVAL_BAD_ARGUMENTS = [  # {ckpt} is the path of a finished tiny run's best.pt

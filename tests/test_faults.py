@@ -275,12 +275,83 @@ def test_full_disk_is_one_line_and_keeps_the_previous_checkpoint(tmp_path, finis
     assert snapshot(run / "checkpoints") == before
 
 
+def test_a_failed_final_summary_is_one_line_and_leaves_no_stale_summary(tmp_path, finished):
+    """A run whose summary says interrupted (at step 3) resumes to its end (the finished checkpoints: nothing left to
+    train), but the summary's temp path is taken by a directory: one line, and no summary claims otherwise."""
+    from snn_engine.summary_file import temp_path
+
+    run = copy_run(finished, tmp_path, "base")
+    summary = json.loads((run / "summary.json").read_text())
+    (run / "summary.json").write_text(json.dumps({**summary, "status": "interrupted", "step": 3}))
+    temp_path(run / "summary.json").mkdir()
+    before = snapshot(run / "checkpoints")
+    done = train(tmp_path, "run_name=base", "trainer.resume=auto")
+    assert_one_line_error(done, f"the run finished at step 6 with its checkpoints complete in {run / 'checkpoints'}")
+    assert "is a directory, not a file" in done.stderr and "(status interrupted, step 3) was removed" in done.stderr
+    assert "run_name=base trainer.resume=auto to write it without training further" in done.stderr
+    assert not (run / "summary.json").exists() and temp_path(run / "summary.json").is_dir()
+    assert snapshot(run / "checkpoints") == before and (run / "train.log").is_file()
+    assert sorted(p.name for p in (tmp_path / "out" / "train").iterdir()) == ["base"]
+    temp_path(run / "summary.json").rmdir()  # the fix the line names: the summary, without further training
+    again = train(tmp_path, "run_name=base", "trainer.resume=auto")
+    assert again.returncode == 0, again.stderr[-3000:]
+    written = json.loads((run / "summary.json").read_text())
+    assert written["status"] == "finished" and written["step"] == 6 and snapshot(run / "checkpoints") == before
+
+
+def full_disk_at_the_summary():
+    """A ``prepare`` hook: the disk is full (a 16-byte file-size limit) while the summary is written, only then."""
+    from snn_engine import summary_file
+
+    real = summary_file.write_atomic
+
+    def write_atomic(path, values):
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        before = resource.getrlimit(resource.RLIMIT_FSIZE)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (16, before[1]))
+        try:
+            return real(path, values)
+        finally:
+            resource.setrlimit(resource.RLIMIT_FSIZE, before)
+
+    summary_file.write_atomic = write_atomic
+
+
+def test_eval_with_a_full_disk_at_the_summary_is_one_line_and_keeps_its_log(tmp_path, finished):
+    before = snapshot(finished)
+    done = run_forked("eval.py", ["logger=none", "figures=false", f"ckpt={finished / 'checkpoints' / 'best.pt'}",
+                                  f"paths.output={tmp_path / 'out'}", "run_name=e"], tmp_path,
+                      prepare=full_disk_at_the_summary)
+    assert_one_line_error(done, f"evaluated {finished / 'checkpoints' / 'best.pt'}: val ")
+    assert "summary.json could not be written (no space left on the device" in done.stderr
+    run = tmp_path / "out" / "eval" / "e"
+    assert not (run / "summary.json").exists() and not list(run.glob(".summary*"))
+    assert "evaluated " in (run / "eval.log").read_text()  # the result line, logged before the write
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"] and snapshot(finished) == before
+
+
+def test_a_run_folder_given_as_ckpt_is_named_a_directory_with_its_checkpoint(tmp_path, finished):
+    done = run_forked("eval.py", ["logger=none", f"ckpt={finished}", f"paths.output={tmp_path / 'out'}"], tmp_path)
+    assert_one_line_error(done, f"checkpoint {finished} is a directory, not a file; pass the checkpoint inside it: "
+                                f"{finished / 'checkpoints' / 'best.pt'}")
+    assert not (tmp_path / "out").exists()
+
+
 # ------------------------------------------------------------------------------------------ python -m tools
 @pytest.mark.parametrize("argv,expected", [
     (["--finetune-epoch", "3"], "unknown option --finetune-epoch (did you mean --finetune-epochs?)"),
     (["--epoch", "3"], "unknown option --epoch (did you mean --epochs?)"),  # no silent prefix matching
     (["--tau", "abc"], "argument --tau: invalid float value: 'abc'"),
     (["--length", "0"], "invalid --length 0"),
+    (["--lr", "-1"], "invalid --lr -1.0: learning rates must be finite numbers > 0"),
+    (["--finetune-lr", "nan"], "invalid --finetune-lr nan"),
+    (["--weight-decay", "inf"], "--weight-decay inf must be a finite number >= 0"),
+    (["--standard-share", "1.5"], "--standard-share 1.5 must be a share in [0, 1]"),
+    (["--tau", "nan"], "--tau nan must be the leak factor in [0, 1)"),
+    (["--seed", str(2**64)], f"--seed {2**64} must be a whole number in [0, 4294967295]"),
+    (["--finetune-epochs", str(2**40)], f"invalid --finetune-epochs {2**40}"),
+    (["--train-seqs", str(2**31)], f"invalid --train-seqs {2**31}"),
+    (["--threads", "100000"], "--threads 100000 must be in [1, 1024]"),
 ])
 def test_pretrain_sdn_rejects_unknown_and_bad_arguments(argv, expected, capsys):
     from snn_engine.errors import UserError

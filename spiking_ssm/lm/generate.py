@@ -12,7 +12,8 @@ The prompt is split on whitespace into words (a word-level vocabulary such as Wi
 vocabulary become ``<unk>`` with a warning (an error when the vocabulary has no ``<unk>``); an empty prompt starts
 from ``<eos>``. The prompt runs through :class:`~spiking_ssm.lm.streaming.StreamingLanguageModel`, then each
 sampled token is fed back. ``temperature=0`` is greedy decoding, any other temperature must be a finite number > 0;
-``top_k=0`` samples from the whole vocabulary.
+``top_k=0`` samples from the whole vocabulary. ``max_new_tokens`` and ``top_k`` are at most 2**31 - 1 and ``seed`` lies
+in [0, 2**32 - 1] (:mod:`snn_engine.bounds`).
 
 Printed: the prompt and its continuation, word by word as they are sampled (flushed), then tokens/s of the decoding
 loop, spikes per generated token (all somas) and energy per generated token (the SpikingSSM paper's convention,
@@ -36,6 +37,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from snn_engine.bounds import SEED_MAX, SIZE_MAX
 from snn_engine.errors import UserError
 
 if TYPE_CHECKING:
@@ -71,11 +73,13 @@ def parse_args(argv: list[str]) -> tuple[dict, list[str]]:
 
 
 def _typed(settings: dict) -> dict:
-    def number(key, kind, low):
+    def number(key, kind, low, high=None):
         try:
             value = kind(settings[key])
         except (TypeError, ValueError):
             raise UserError(f"{key}={settings[key]!r} is not a{'n integer' if kind is int else ' number'}") from None
+        if high is not None and not low <= value <= high:
+            raise UserError(f"{key}={settings[key]} must be a whole number in [{low}, {high}]")
         if not math.isfinite(value) or value < low:
             raise UserError(f"{key}={settings[key]} must be a finite number >= {low}"
                             + (" (0 = greedy decoding)" if key == "temperature" else ""))
@@ -83,8 +87,9 @@ def _typed(settings: dict) -> dict:
 
     if not settings["ckpt"]:
         raise UserError(f"pass the checkpoint to sample from: ckpt=PATH; {USAGE}")
-    out = dict(settings, max_new_tokens=number("max_new_tokens", int, 1), temperature=number("temperature", float, 0.0),
-               top_k=number("top_k", int, 0), seed=number("seed", int, 0))
+    out = dict(settings, max_new_tokens=number("max_new_tokens", int, 1, SIZE_MAX),
+               temperature=number("temperature", float, 0.0), top_k=number("top_k", int, 0, SIZE_MAX),
+               seed=number("seed", int, 0, SEED_MAX))
     use_ema = str(settings["use_ema"]).lower()
     if use_ema not in ("true", "false"):
         raise UserError(f"use_ema={settings['use_ema']!r} must be true or false")

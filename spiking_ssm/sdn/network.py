@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from snn_engine.errors import UserError
+from snn_engine.torch_files import load_plain
 
 WIDTH = 8
 KERNEL = 8
@@ -133,14 +134,8 @@ def load_reduced(path: str | Path) -> ReducedSDN:
             f"SDN weights file {path} does not exist; pass an existing file as neuron.weights=PATH "
             "or make one with `python -m spiking_ssm.sdn.pretrain`"
         )
-    try:
-        state = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as error:  # noqa: BLE001 - any unreadable file is the user's to fix
-        raise UserError(
-            f"cannot read SDN weights {path} ({type(error).__name__}: {error}); "
-            "regenerate it with `python -m spiking_ssm.sdn.pretrain`"
-        ) from error
-    missing = [key for key in (*REDUCED_KEYS, "tau") if key not in state]
+    state = load_plain(path, "SDN weights", "regenerate it with `python -m spiking_ssm.sdn.pretrain`")
+    missing = [key for key in (*REDUCED_KEYS, "tau") if not isinstance(state, dict) or key not in state]
     if missing:
         raise UserError(
             f"SDN weights {path} lack {missing}; it is not a reduced SDN, regenerate it with "

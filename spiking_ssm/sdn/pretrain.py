@@ -1,6 +1,7 @@
-"""Train the SDN on exact LIF traces of varied currents, reduce it and write the packaged weights.
+"""Train the SDN on exact LIF traces of varied currents, reduce it and write its weights and their record.
 
-    python -m spiking_ssm.sdn.pretrain [--tau 0.125] [--train-seqs N] [--finetune-epochs E] [--out PATH.pt]
+    python -m spiking_ssm.sdn.pretrain [--tau 0.125] [--train-seqs N] [--finetune-epochs E]
+        [--out PATH.pt [--overwrite] | --replace-packaged]
 
 Data (``--data mixture``, default): ``--train-seqs`` sequences of ``--length`` steps from the per-sequence
 mixture of :mod:`spiking_ssm.sdn.data` (a ``--standard-share`` of N(0, 1); the rest i.i.d. normal/uniform/
@@ -30,9 +31,14 @@ form in float64 (max abs diff <= 1e-10), and its spike agreement with the exact 
 inputs (seed 12345) and over the generalisation suite (:mod:`spiking_ssm.sdn.agreement`: shifted, scaled,
 shaped and correlated inputs and recorded SpikingSSM layer currents, its own fresh seeds). ``<out>.pt`` (a
 plain dict of tensors, float64, loadable with ``torch.load(weights_only=True)``) and ``<out>.json`` (sha256,
-command, tau, agreement, the suite's table, date) are written. Default ``--out``:
-``spiking_ssm/weights/sdn_tau<tau>.pt``, the file the ``sdn`` neuron loads. Deterministic by ``--seed`` with
-``--threads 1``.
+command, tau, agreement, the suite's table, date) are written. Deterministic by ``--seed`` with ``--threads 1``.
+
+Where (:mod:`spiking_ssm.sdn.destination`, decided and checked before training, printed at the start and the end):
+by default a new run folder ``outputs/sdn/<time>_<suffix>/sdn_tau<tau>.pt`` (``$SNN_OUTPUT`` replaces
+``outputs``); ``--out PATH.pt`` (an existing file only with ``--overwrite``); the packaged weights that every
+``neuron=sdn`` run loads (``spiking_ssm/weights/sdn_tau<tau>.pt``) only with ``--replace-packaged``. Use a run's
+file with ``neuron.weights=PATH.pt``. Every number is checked first (:func:`check_numbers`): sizes and epochs are
+whole numbers up to 2**31 - 1, the seed 32-bit, rates and weights finite, ``--tau`` in [0, 1).
 """
 
 from __future__ import annotations
@@ -42,6 +48,7 @@ import copy
 import datetime as dt
 import hashlib
 import json
+import math
 import shlex
 import sys
 import time
@@ -49,13 +56,15 @@ from pathlib import Path
 
 import torch
 
+from snn_engine.bounds import SEED_MAX, SIZE_MAX
 from snn_engine.errors import UserError
+from snn_engine.file_errors import why
 from snn_engine.strict_args import StrictArgumentParser
+from spiking_ssm.sdn import destination as dest
 from spiking_ssm.sdn.agreement import SUITE_SEED, format_table, run_suite
 from spiking_ssm.sdn.data import make_traces
 from spiking_ssm.sdn.lif_traces import generate_traces
 from spiking_ssm.sdn.network import SDN, ReducedSDN, load_reduced, reduce_sdn, save_reduced
-from spiking_ssm.sdn.packaged import packaged_weights
 from spiking_ssm.sdn.training import LOSSES, recalibrate_batchnorm, run_stage, spike_agreement, val_loss
 
 TRAIN_SEED, VAL_SEED, TEST_SEED = 1, 2, 12345
@@ -154,29 +163,71 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="leave the recorded layer currents out of the suite")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
-    parser.add_argument("--out", type=Path, default=None, help="output .pt (default spiking_ssm/weights/sdn_tau<tau>.pt)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="output .pt (default: a new run folder outputs/sdn/<time>_<suffix>/sdn_tau<tau>.pt)")
+    parser.add_argument("--overwrite", action="store_true", help="let --out replace an existing file")
+    parser.add_argument("--replace-packaged", action="store_true",
+                        help="write the packaged weights spiking_ssm/weights/sdn_tau<tau>.pt that neuron=sdn loads")
     args = parser.parse_args(argv)
+    check_numbers(args)
+    return args
+
+
+MAX_THREADS = 1024
+
+
+def check_numbers(args: argparse.Namespace) -> None:
+    """Every numeric flag in its range, one :class:`UserError` line naming each that is not (before anything runs)."""
     counts = {"--train-seqs": args.train_seqs, "--val-seqs": args.val_seqs, "--test-seqs": args.test_seqs,
-              "--length": args.length, "--batch-size": args.batch_size, "--suite-seqs": args.suite_seqs,
-              "--threads": args.threads}
-    bad = [f"{flag} {value}" for flag, value in counts.items() if value < 1]
+              "--length": args.length, "--batch-size": args.batch_size, "--suite-seqs": args.suite_seqs}
+    bad = [f"{flag} {value}" for flag, value in counts.items() if not 1 <= value <= SIZE_MAX]
     epochs = {"--epochs": args.epochs, "--finetune-epochs": args.finetune_epochs, "--warmup-steps": args.warmup_steps}
-    bad += [f"{flag} {value}" for flag, value in epochs.items() if value < 0]
+    bad += [f"{flag} {value}" for flag, value in epochs.items() if not 0 <= value <= SIZE_MAX]
     if bad:
-        raise UserError(f"invalid {', '.join(bad)}: sizes must be >= 1 and epochs/warm-up >= 0")
-    if args.alive_weight < 0:
-        raise UserError(f"--alive-weight {args.alive_weight} must be >= 0 (0 turns the penalty off)")
+        raise UserError(f"invalid {', '.join(bad)}: sizes must be whole numbers in [1, {SIZE_MAX}] and epochs/warm-up "
+                        f"in [0, {SIZE_MAX}]")
+    if not 1 <= args.threads <= MAX_THREADS:
+        raise UserError(f"--threads {args.threads} must be in [1, {MAX_THREADS}]")
+    if not 0 <= args.seed <= SEED_MAX:
+        raise UserError(f"--seed {args.seed} must be a whole number in [0, {SEED_MAX}]")
+    rates = {"--lr": args.lr, "--finetune-lr": args.finetune_lr}
+    bad = [f"{flag} {value}" for flag, value in rates.items() if not (math.isfinite(value) and value > 0)]
+    if bad:
+        raise UserError(f"invalid {', '.join(bad)}: learning rates must be finite numbers > 0")
+    for flag, value in {"--weight-decay": args.weight_decay, "--alive-weight": args.alive_weight}.items():
+        if not (math.isfinite(value) and value >= 0):
+            raise UserError(f"{flag} {value} must be a finite number >= 0 (0 turns it off)")
+    if not math.isfinite(args.alive_margin):
+        raise UserError(f"--alive-margin {args.alive_margin} must be a finite number")
+    if not 0.0 <= args.standard_share <= 1.0:
+        raise UserError(f"--standard-share {args.standard_share} must be a share in [0, 1]")
     if args.epochs + args.finetune_epochs == 0:
         raise UserError("nothing would be trained: pass --epochs or --finetune-epochs >= 1")
     if not 0.0 <= args.tau < 1.0:
         raise UserError(f"--tau {args.tau} must be the leak factor in [0, 1)")
-    return args
 
 
 def main(argv: list[str] | None = None) -> dict:
+    """Check the arguments and the destination, train, reduce, measure, write; the record written to the .json."""
     args = parse_args(argv)
+    where = dest.choose(args)
+    try:
+        record = _run(args, argv, where)
+        dest.commit(where)
+    except BaseException:
+        dest.abandon(where)
+        raise
+    print(f"wrote {where.out} and {where.record.name} in {record['wall_time_s']:.0f}s"
+          + ("" if args.replace_packaged else f"; use it with neuron.weights={where.out}"), flush=True)
+    return record
+
+
+def _run(args: argparse.Namespace, argv: list[str] | None, where: dest.Destination) -> dict:
+    """Everything after the checks; the files go to ``where``'s staging folder."""
     torch.set_num_threads(args.threads)
-    out = args.out or packaged_weights(args.tau)
+    print(f"writing {where.out} and {where.record.name} at the end"
+          + (" (replacing the packaged weights)" if args.replace_packaged else ""), flush=True)
+    out = where.staged(where.out)
     wall = time.time()
     model, best = train(args)
     print(f"best checkpoint: epoch {best['epoch']} val_loss {best['val_loss']:.3e}", flush=True)
@@ -189,7 +240,6 @@ def main(argv: list[str] | None = None) -> dict:
     if diff > 1e-10:
         raise SystemExit(f"reduction check failed: max abs diff {diff:.3e} > 1e-10")
 
-    out.parent.mkdir(parents=True, exist_ok=True)
     save_reduced(reduced, out)
     reloaded = load_reduced(out)
     fresh = measure_fresh(reloaded, args.tau, args.test_seqs, 1024, seed=TEST_SEED, dtype=torch.float32)
@@ -224,8 +274,7 @@ def main(argv: list[str] | None = None) -> dict:
         "torch": torch.__version__,
         "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
     }
-    out.with_suffix(".json").write_text(json.dumps(record, indent=2) + "\n")
-    print(f"wrote {out} and {out.with_suffix('.json').name} in {wall:.0f}s", flush=True)
+    where.staged(where.record).write_text(json.dumps(record, indent=2) + "\n")
     return record
 
 
@@ -246,3 +295,6 @@ if __name__ == "__main__":
         main()
     except UserError as error:
         raise SystemExit(f"error: {error}") from None
+    except OSError as error:  # the disk filled or went read-only while the files were written
+        raise SystemExit(f"error: could not write the SDN's files ({why(error)}); free disk space or choose another "
+                         "--out, then run again") from None
