@@ -198,11 +198,16 @@ def energy_report(settings, model: nn.Module, reference: nn.Module, loader, devi
     return report
 
 
-def _scale_views(tree, factor: float):
-    """Every ``*_pj`` number of a nested dict multiplied by ``factor`` (rates and counts of samples unchanged)."""
+def _scale_views(tree, factor: float, inside: bool = False):
+    """Every ``*_pj`` number of a nested dict, and every count under ``counts``/``unseen``, multiplied by
+    ``factor`` (rates, sample counts and layer counts unchanged)."""
     if isinstance(tree, dict):
-        return {k: (v * factor if k.endswith("_pj") and isinstance(v, (int, float)) else _scale_views(v, factor))
-                for k, v in tree.items()}
+        out = {}
+        for k, v in tree.items():
+            number = isinstance(v, (int, float)) and not isinstance(v, bool) and k != "layers"
+            out[k] = v * factor if number and (inside or k.endswith("_pj")) else _scale_views(
+                v, factor, inside or k in ("counts", "unseen"))
+        return out
     return tree
 
 

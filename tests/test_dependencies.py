@@ -26,6 +26,7 @@ MODULES = {
     "tonic": ["tonic.functional", "tonic.datasets"], "nir": ["nir"],
     "nirtorch": ["nirtorch", "spikingjelly.activation_based.nir_exchange"],
     "hydra-submitit-launcher": ["hydra_plugins.hydra_submitit_launcher.submitit_launcher"],
+    "neurobench": ["neurobench.benchmarks", "neurobench.models", "neurobench.metrics.workload"],
 }
 # SpikingJelly's private names that snn_engine/kernel_usage.py reads, and the dispatch rules it copies
 SPIKINGJELLY_PIN = "2.0.0"
