@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 
 import torch
 from spikingjelly.activation_based import functional
@@ -94,15 +95,19 @@ def _measure(model: nn.Module, samples: list[tuple], names: tuple[str, ...], tim
     sums = {name: est.empty_entry() for name in names}
     context = silenced(model) if silent else _nothing()
     with context:
-        for args in samples:
-            for name in names:
-                est.accumulate(sums[name], est.run(name, model, args))
+        for name in names:
+            try:
+                for args in samples:
+                    est.accumulate(sums[name], est.run(name, model, args))
+            except Exception as error:  # noqa: BLE001 - an estimator that refuses a network: its reason, one line
+                sums[name] = f"{type(error).__name__}: {str(error).strip().splitlines()[0][:200]}"
         with UnseenCounter(model, time_steps) as unseen, torch.no_grad():
             for args in samples:
                 model(*args)
                 functional.reset_net(model)
     share = 1.0 / max(len(samples), 1)
-    return {name: est.scaled(entry, share) for name, entry in sums.items()}, unseen, unseen.firing_rate()
+    entries = {name: est.scaled(e, share) if isinstance(e, dict) else e for name, e in sums.items()}
+    return entries, unseen, unseen.firing_rate()
 
 
 class _nothing:
@@ -129,6 +134,11 @@ def memory_views(model: nn.Module, reference: nn.Module, samples: list[tuple], n
         twin_entries, twin_unseen, twin_bits = None, None, 32
     for name in names:
         spec = est.ESTIMATORS[name]
+        if isinstance(snn[name], str) or isinstance(silent[name], str):
+            reason = snn[name] if isinstance(snn[name], str) else silent[name]
+            memory[name] = {"title": spec.title, "error": reason}
+            log.warning("energy estimator %s could not run on %s: %s", name, type(model).__name__, reason)
+            continue
         records = unseen.lines(spec.sees_soma, spec.sees_compute)
         priced = est.price_unseen(name, records)
         entry = _with_unseen(snn[name], priced)
@@ -138,6 +148,9 @@ def memory_views(model: nn.Module, reference: nn.Module, samples: list[tuple], n
                         "unseen": _unseen_summary(records, priced is not None),
                         "zero_rate_pj": zero, "counts": snn[name]["counts"], "warnings": snn[name]["warnings"]}
         if twin_entries is None:
+            continue
+        if isinstance(twin_entries[name], str):
+            memory[name]["warnings"] = memory[name]["warnings"] + [f"the ANN twin: {twin_entries[name]}"]
             continue
         twin_records = twin_unseen.lines(lambda m: True, spec.sees_compute)
         ann[name] = _with_unseen(twin_entries[name], est.price_unseen(name, twin_records))
@@ -179,6 +192,7 @@ def energy_report(settings, model: nn.Module, reference: nn.Module, loader, devi
               "crossover": {k: {"sop": v} for k, v in sop["crossover"].items()}, "memory": {}}
     count = int(settings.get("samples", 16))
     if names and count > 0:
+        started = time.perf_counter()
         was_training = model.training
         model.eval()
         samples = first_samples(loader, count, device, dtype, with_targets=tokens is not None)
@@ -188,7 +202,10 @@ def energy_report(settings, model: nn.Module, reference: nn.Module, loader, devi
             seen = sum(args[0].numel() for args in samples) / max(len(samples), 1)
             views = _scale_views(views, 1.0 / max(seen, 1.0))
         report["memory"] = views["memory"]
-        report.update(memory_samples=views["samples"], memory_firing_rate=views["firing_rate"])
+        report.update(memory_samples=views["samples"], memory_firing_rate=views["firing_rate"],
+                      memory_seconds=time.perf_counter() - started)
+        log.info("energy: %s on %d samples, their ANN and quantized twins in %.1f s", ", ".join(names),
+                 views["samples"], report["memory_seconds"])
         for key in ("ann", "qann", "crossover"):
             for sub, entries in views[key].items():
                 if key == "ann":
@@ -232,7 +249,7 @@ def format_energy_table(report: dict) -> str:
         rows.append((view, network, *(_j(entry[k]) for k in est.CATEGORIES), _j(entry["total_pj"]),
                      "" if cross == "" else f"{ratio:.3g}", cross))
 
-    views = [("sop", report["sop"]["snn"])] + [(name, m) for name, m in report["memory"].items()]
+    views = [("sop", report["sop"]["snn"])] + [(name, m) for name, m in report["memory"].items() if "error" not in m]
     for view, snn in views:
         add(view, "SNN", snn, snn["total_pj"], "")
         if view in report["ann"]:
@@ -262,6 +279,13 @@ def format_energy_table(report: dict) -> str:
         out.append(line(row))
     out.append(rule)
     for name, m in report["memory"].items():
+        if "error" in m:
+            out.append(f"{name}: could not run on this model: {m['error']}")
+            continue
+        if m["unseen"] and not next(iter(m["unseen"].values()))["priced"]:
+            out.append(f"{name}: what its counters cannot see ({', '.join(m['unseen'])}) has no price in its model: "
+                       "left out of its total (summary.json lists it under unseen)")
+            m = {**m, "unseen": {}}
         for kind, row in m["unseen"].items():
             amount = ", ".join(x for x in (f"{eng(row['mac'])} MAC" if row["mac"] else "",
                                            f"{eng(row['ac'])} AC" if row["ac"] else "",
@@ -279,7 +303,8 @@ def flat_metrics(report: dict) -> dict[str, float]:
     """Scalars for the logger: ``eval/energy/<view>/<network>_uj`` and ``eval/energy/crossover/<baseline>/<view>``."""
     out = {f"eval/energy/sop/snn_uj": report["sop"]["snn"]["total_pj"] * 1e-6}
     for name, m in report["memory"].items():
-        out[f"eval/energy/{name}/snn_uj"] = m["total_pj"] * 1e-6
+        if "error" not in m:
+            out[f"eval/energy/{name}/snn_uj"] = m["total_pj"] * 1e-6
     for view, entry in report["ann"].items():
         out[f"eval/energy/{view}/ann_uj"] = entry["total_pj"] * 1e-6
     for width, entries in report["qann"].items():

@@ -26,6 +26,8 @@ def _views(report: dict) -> list[tuple[str, dict, float, float]]:
     sop = report["sop"]
     views = [("sop (papers')", sop["snn"], sop["zero_rate_pj"], report["firing_rate"], "sop")]
     for name, entry in report["memory"].items():
+        if "error" in entry:
+            continue
         views.append((name, entry, entry["zero_rate_pj"], report.get("memory_firing_rate", 0.0), name))
     return views
 
