@@ -291,7 +291,7 @@ def format_energy_table(report: dict) -> str:
                                            f"{eng(row['ac'])} AC" if row["ac"] else "",
                                            f"{eng(row['bytes'])}B" if row["bytes"] else "") if x)
             tail = "included above" if row["priced"] else "not priced by this estimator, left out"
-            out.append(f"{name}: not seen by SpikingJelly, our rules: {row['what']}: {amount} ({tail})")
+            out.append(f"{name}: not seen by its counters, our rules: {row['what']}: {amount} ({tail})")
         for warning in m["warnings"][:4]:
             out.append(f"{name}: {warning}")
     out.append("SNN wins below: the firing rate (spikes per neuron per step) under which the SNN would cost less "

@@ -105,7 +105,7 @@ def test_table_and_figures(mixer_report, tmp_path):
     report = mixer_report[-1]
     table = format_energy_table(report)
     for text in ("papers' convention", "sop", "simple", "lemaire", "QANN int8", "QANN int32", "SNN wins below",
-                 "not seen by SpikingJelly"):
+                 "not seen by its counters"):
         assert text in table
     paths = write_energy_figures(report, tmp_path)
     assert set(paths) == {"energy", "energy_vs_rate"}
