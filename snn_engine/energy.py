@@ -184,7 +184,14 @@ def energy_report(settings, model: nn.Module, reference: nn.Module, loader, devi
     language model, the validation tokens the ``ops`` counts are spread over (energies become per token)."""
     names = est.check_names(settings.get("estimators", est.DEFAULT_ESTIMATORS))
     own_bits = weight_bits(model, autocast)
-    bits = sorted({int(b) for b in settings.get("qann_bits", [8])} | ({own_bits} if own_bits <= 32 else set()))
+    try:
+        widths = {int(b) for b in settings.get("qann_bits", [8])}
+    except (TypeError, ValueError):
+        raise UserError(f"energy.qann_bits={settings.get('qann_bits')!r} must be a list of integer widths, "
+                        "e.g. energy.qann_bits=[8]") from None
+    bits = sorted(widths | ({own_bits} if own_bits <= 32 else set()))
+    for b in bits:
+        int_unit_costs(b)  # a width < 1 is a one-line error
     sop = sop_views(ops, firing_rate, bits)
     per_sample = 1.0
     if tokens:

@@ -3,6 +3,8 @@ estimators chosen and the bad-name error, the crossover, the table, the figures 
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 import torch
 from omegaconf import OmegaConf
@@ -124,6 +126,18 @@ def test_estimator_names_and_the_bad_name_error():
     cfg = OmegaConf.create({"energy": {"estimators": ["nope"]}, "mfi": False})
     with pytest.raises(UserError, match="valid names"):  # before any evaluation: no model or loader is touched
         spike_report(cfg, None, None, CPU, None, None, None, True)
+
+
+def test_bad_widths_and_a_missing_neurobench_are_one_line(mixer_report, monkeypatch):
+    model, loader, ops, rate, _ = mixer_report
+    for widths in (["eight"], [0]):
+        with pytest.raises(UserError, match="energy.qann_bits|width >= 1"):
+            energy_report({"estimators": [], "qann_bits": widths}, model, model, loader, CPU, None, ops, rate)
+    from snn_engine import neurobench_metrics
+
+    monkeypatch.setitem(sys.modules, "neurobench.benchmarks", None)
+    with pytest.raises(UserError, match="uv sync --extra neurobench"):
+        neurobench_metrics.neurobench_report(model, loader, CPU, None, ops)
 
 
 def test_other_estimators_run_on_the_sparse_mlp():
