@@ -24,6 +24,7 @@ Energies are per image (sparse-MLP), per sequence (sequence classifiers) or per 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
@@ -39,9 +40,6 @@ from snn_engine.ops import eng
 from snn_engine.twins import ann_twin, int_unit_costs, silenced, weight_bits
 
 log = logging.getLogger(__name__)
-
-VIEW_KEYS = ("sop", "memory", "ann", "qann", "crossover")
-
 
 def crossover(rate: float, zero_pj: float, measured_pj: float, baseline_pj: float) -> float | None:
     """The firing rate below which the spiking model costs less than ``baseline_pj`` (module docstring); None when
@@ -79,8 +77,9 @@ def _slice(x, i: int):
 
 
 def first_samples(loader, count: int, device, dtype, with_targets: bool) -> list[tuple]:
-    """The first ``count`` validation samples, one per entry, as the positional arguments of a call
-    (``(x,)``, or ``(x, y)`` for a model that takes its targets, a language model)."""
+    """The first ``count`` validation samples, one per entry, as the positional arguments of a call: ``(x,)`` with
+    x [1, ...] (an image [1, C, H, W], a sequence [1, L(, d)], or a tuple of such), or ``(x, y)`` with token ids
+    x, y [1, L] for a model that takes its targets (a language model)."""
     from snn_engine.evaluation import to_device
 
     samples: list[tuple] = []
@@ -97,8 +96,7 @@ def _measure(model: nn.Module, samples: list[tuple], names: tuple[str, ...], tim
     """Per-sample means of each estimator's entry and our unseen records of ``model`` on ``samples``, and the
     firing rate seen."""
     sums = {name: est.empty_entry() for name in names}
-    context = silenced(model) if silent else _nothing()
-    with context:
+    with silenced(model) if silent else contextlib.nullcontext():
         for name in names:
             try:
                 for args in samples:
@@ -112,14 +110,6 @@ def _measure(model: nn.Module, samples: list[tuple], names: tuple[str, ...], tim
     share = 1.0 / max(len(samples), 1)
     entries = {name: est.scaled(e, share) if isinstance(e, dict) else e for name, e in sums.items()}
     return entries, unseen, unseen.firing_rate()
-
-
-class _nothing:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 def memory_views(model: nn.Module, reference: nn.Module, samples: list[tuple], names: tuple[str, ...],
@@ -197,7 +187,9 @@ def energy_report(settings, model: nn.Module, reference: nn.Module, loader, devi
     if tokens:
         per_sample = ops["samples"] / tokens
         sop = _scale_views(sop, per_sample)
-    report = {"unit": "token" if tokens else ("image" if int(getattr(model, "T", 1) or 1) > 1 else "sequence"),
+    first = next(iter(loader))[0]
+    unit = "token" if tokens else ("image" if torch.is_tensor(first) and first.ndim >= 4 else "sequence")
+    report = {"unit": unit,
               "firing_rate": firing_rate, "weight_bits": own_bits, "qann_bits": bits,
               "sop": {k: v for k, v in sop.items() if k not in ("ann", "qann", "crossover")},
               "ann": {"sop": sop["ann"]}, "qann": {k: {"sop": v} for k, v in sop["qann"].items()},
