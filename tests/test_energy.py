@@ -274,3 +274,34 @@ def test_eval_writes_every_view_and_neurobench_to_the_summary(tmp_path):
     for name in ("energy", "energy_vs_rate"):
         assert open(summary["figures"][name], "rb").read(8) == PNG
     assert "SNN wins below" in format_energy_table(energy)
+
+
+def test_generate_replay_energy_per_token():
+    """The streaming step's memory-inclusive energy: SpikingJelly's SimpleEnergy on the replayed decoding steps plus
+    our lines, priced in its units; the replay does not change the spikes the paper's convention counts."""
+    from spiking_ssm.lm.language_model import SpikingSSMLanguageModel
+    from spiking_ssm.lm.stream_energy import replay_energy, streaming_lines
+    from spiking_ssm.lm.streaming import StreamingLanguageModel
+
+    torch.manual_seed(0)
+    H, N = 16, 8
+    model = SpikingSSMLanguageModel(lambda: make_ssm_neuron("sdn"), vocab_size=40, d_model=H, n_layers=2, d_state=N,
+                                    cutoffs=[8, 20], div_val=2).eval()
+    prompt, new = [1, 2, 3], [4, 25, 9, 0, 33]
+    lines = streaming_lines(model, torch.tensor([4]))
+    assert lines["s4d:0"]["mac"] == H * (4 * N + 2) and lines["s4d_state:1"]["bytes"] == 2 * H * N * 4
+    assert lines["soma:0"]["bytes"] == 2 * H * 4 and lines["norm:0"]["mac"] == 2 * H  # LayerNorm: no SJ rule
+    stream = StreamingLanguageModel(model)
+    stream.prefill(torch.tensor([prompt]))
+    stream.reset_counters()
+    for token in new:
+        stream.step(torch.tensor([token]))
+    paper = stream.stats()
+    energy = replay_energy(model, prompt, new)
+    parts = sum(energy[f"{k}_pj_per_token"] for k in ("compute", "weights", "state"))
+    assert energy["memory_energy_pj_per_token"] == pytest.approx(parts)
+    assert energy["memory_energy_pj_per_token"] == pytest.approx(energy["spikingjelly_pj_per_token"]
+                                                                 + energy["ours_pj_per_token"])
+    ours = [sum(est.price_unseen("simple", streaming_lines(model, torch.tensor([t]))).values()) for t in new]
+    assert energy["ours_pj_per_token"] == pytest.approx(sum(ours) / len(new)) and min(ours) > 0
+    assert energy["memory_energy_pj_per_token"] > 10 * paper["energy_pj_per_token"]  # memory dominates
