@@ -35,9 +35,11 @@ from snn_engine.ops import OpCounter
 SYNAPTIC = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)  # hooked by SpikingJelly's memory counters
 KINDS = {"compute": "arithmetic it has no rule for (LayerNorm, GLU, S4D recurrence, per-position scales; Lemaire: "
                     "every layer but Linear/Conv)",
-         "weights": "weight reads of layers that are not nn.Linear/Conv modules (token projections, S4D, folded layers)",
+         "weights": "weight reads of layers that are not nn.Linear/Conv modules (token projections, S4D, folded "
+                    "layers)",
          "recurrent_state": "recurrent state reads/writes (S4D modes)",
-         "somas": "membranes of spiking modules it does not price (SDN/SLTT/parallel-LIF/threshold somas, fused kernels)"}
+         "somas": "membranes of spiking modules it does not price (SDN/SLTT/parallel-LIF/threshold somas, fused "
+                  "kernels)"}
 
 
 def sees_aten_compute(module: nn.Module) -> bool:
