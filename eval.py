@@ -14,7 +14,8 @@ from omegaconf import DictConfig
 from snn_engine import cli, run
 
 # settings of eval.yaml itself; every other key=value overrides the checkpoint's training config
-EVAL_KEYS = ("ckpt", "use_ema", "logger", "mfi", "position_bn", "mfi_compare_batches", "nir", "figures", "energy")
+EVAL_KEYS = ("ckpt", "use_ema", "logger", "mfi", "position_bn", "mfi_compare_batches", "nir", "figures", "energy",
+             "neurobench")
 OWN_KEYS = EVAL_KEYS + ("paths", "run_name", "task_name", "hydra")
 USER_ADDED: set[str] = set()  # keys the user wrote as +key=value
 

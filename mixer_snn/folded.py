@@ -130,6 +130,8 @@ class PositionScale(nn.Module):
     multiplication per neuron input and time step (real-valued input, counted as MACs).
     """
 
+    energy_compute_unseen = True  # snn_engine.energy_unseen: an elementwise product SpikingJelly's counters skip
+
     def __init__(self, scale: torch.Tensor):
         super().__init__()
         self.register_buffer("scale", scale)

@@ -74,6 +74,8 @@ EVAL_RULES = {
     "energy.e_ac": "float>=0",
     "energy.e_mac": "float>=0",
     "energy.convention": "choice:full|ssm_paper",
+    "energy.samples": "int>=0",
+    "neurobench": "bool",
     "logger.mode": "choice:online|offline|disabled",
 }
 

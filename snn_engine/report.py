@@ -27,6 +27,10 @@ from torch.utils.data import DataLoader
 from snn_engine.errors import UserError
 from snn_engine.evaluation import compare_logits, evaluate_model, to_device
 from snn_engine.metrics import format_rate_table
+from snn_engine.energy import energy_report, format_energy_table
+from snn_engine.energy import flat_metrics as energy_metrics
+from snn_engine.energy_estimators import DEFAULT_ESTIMATORS, check_names
+from snn_engine.energy_plots import write_energy_figures
 from snn_engine.ops import OpCounter, format_ops_table
 
 log = logging.getLogger(__name__)
@@ -64,16 +68,18 @@ def spike_report(cfg: DictConfig, model: nn.Module, loader: DataLoader, device: 
 
     Returns ``{"val": {the task's metrics (:mod:`snn_engine.tasks`), firing_rate}, "spikes":
     FiringRateMeter.compute_detailed(),
-    "ops": OpCounter.compute(), "mfi": {...} (mfi=true; ``folded`` says whether the folded form was evaluated),
-    "figures": {name: path}}``.
+    "ops": OpCounter.compute(), "energy": the energy views (:mod:`snn_engine.energy`, main process),
+    "neurobench": NeuroBench's metrics (neurobench=true), "mfi": {...} (mfi=true; ``folded`` says whether the folded
+    form was evaluated), "figures": {name: path}}``.
     """
+    energy = cfg.energy
+    estimators = check_names(energy.get("estimators", DEFAULT_ESTIMATORS))  # a bad name fails before evaluating
     model.eval()
     foldable = is_foldable_family(model)
     if cfg.mfi and not foldable:
         log.warning("mfi=true: %s; evaluating the model as trained", not_applicable(model))
     folded = fold_for_inference(model, str(cfg.position_bn)) if cfg.mfi and foldable else None
     evaluated = folded if folded is not None else model
-    energy = cfg.energy
     with OpCounter(evaluated, time_steps=time_steps_of(evaluated), e_ac=float(energy.e_ac),
                    e_mac=float(energy.e_mac), convention=str(energy.convention)) as counter:
         val = evaluate_model(evaluated, loader, device, dtype, autocast, progress=is_main and progress, detailed=True,
@@ -89,8 +95,18 @@ def spike_report(cfg: DictConfig, model: nn.Module, loader: DataLoader, device: 
         report["mfi"] = {"applicable": False, "folded": False, "reason": not_applicable(model)}
     if cfg.get("nir") and is_main:
         report["nir"] = export_nir_graph(model, run_dir / "model.nir", str(cfg.position_bn), loader)
+    if is_main:
+        tokens = val.get("tokens") if task is not None and task.unit == "tokens" else None
+        report["energy"] = energy_report({**energy, "estimators": list(estimators)}, evaluated, model, loader,
+                                         device, dtype, report["ops"], report["spikes"]["overall"]["rate"],
+                                         tokens=tokens, autocast=autocast is not None)
+    if cfg.get("neurobench") and is_main:
+        from snn_engine.neurobench_metrics import neurobench_report
+
+        report["neurobench"] = neurobench_report(evaluated, loader, device, dtype, report["ops"], task=task)
     if cfg.figures and is_main:
         report["figures"] = write_figures(evaluated, loader, device, dtype, run_dir, val["firing_rate"])
+        report["figures"].update(write_energy_figures(report["energy"], run_dir))
     return report
 
 
@@ -141,6 +157,12 @@ def format_report(report: dict) -> str:
     model's ``format_mfi_audit`` wrote it (``report["mfi_text"]``, set by :func:`spike_report`)."""
     parts = ["firing rates (spikes per neuron per step):", format_rate_table(report["spikes"]),
              "", "synaptic operations and energy per sample:", format_ops_table(report["ops"])]
+    if "energy" in report:
+        parts += ["", format_energy_table(report["energy"])]
+    if "neurobench" in report:
+        from snn_engine.neurobench_metrics import format_neurobench
+
+        parts += ["", format_neurobench(report["neurobench"])]
     if report.get("mfi", {}).get("applicable") is False:
         parts += ["", f"MFI audit: {report['mfi']['reason']}"]
     elif "mfi" in report:
@@ -164,4 +186,9 @@ def flat_metrics(report: dict) -> dict[str, float]:
         metrics[f"eval/silent_fraction/{name}"] = layer["silent_fraction"]
     for name, layer in report["ops"]["layers"].items():
         metrics[f"eval/energy_pj/{name}"] = layer["energy_pj"]
+    if "energy" in report:
+        metrics.update(energy_metrics(report["energy"]))
+    for key, value in report.get("neurobench", {}).get("metrics", {}).items():
+        if isinstance(value, (int, float)):
+            metrics[f"eval/neurobench/{key}"] = value
     return metrics

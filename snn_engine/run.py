@@ -287,6 +287,9 @@ def language_model_extras(data, model, env, dtype, autocast, task, report: dict,
     val_tokens = report["val"]["tokens"]
     samples = report["ops"].get("samples") or len(data.val_set())
     extras = {"energy_pj_per_token": report["ops"]["total"]["energy_pj"] * samples / max(val_tokens, 1)}
+    if report.get("energy", {}).get("memory"):  # already per token (snn_engine.energy)
+        extras["memory_energy_pj_per_token"] = {k: v["total_pj"] for k, v in report["energy"]["memory"].items()
+                                                if "total_pj" in v}
     if "test" in getattr(data, "splits", ("test",)):
         test_set = data.test_set()
         loader = torch.utils.data.DataLoader(test_set, batch_size=int(data.batch_size), num_workers=int(data.num_workers),
@@ -357,7 +360,8 @@ def evaluate(cfg: DictConfig, run_dir: str | Path, overrides: list[str], added: 
                    "task": task.name, "val": result, "num_params": count_parameters(model),
                    "neuron_implementation": implementation,
                    "model": OmegaConf.to_container(train_cfg.model, resolve=True),
-                   **{k: report[k] for k in ("spikes", "ops", "mfi", "nir", "figures") if k in report}}
+                   **{k: report[k] for k in ("spikes", "ops", "energy", "neurobench", "mfi", "nir", "figures")
+                      if k in report}}
         if task.unit == "tokens":
             summary.update(language_model_extras(data, model, env, dtype, autocast, task, report, progress))
         if env.is_main:

@@ -236,6 +236,18 @@ class SpikingSSM(nn.Module):
         (``ssm_paper``) counts the 1x1 mixing conv only."""
         return [("output_linear", self.output_linear)] if convention == "ssm_paper" else []
 
+    energy_compute_unseen = True  # snn_engine.energy_unseen: SpikingJelly's counters have no rule for the S4D conv
+
+    def energy_state_elements(self, inputs: tuple) -> int:
+        """Real values of S4D state read per call on u [B, H, L] (as many written back), for
+        :mod:`snn_engine.energy_unseen`: N per channel and step (N/2 complex modes), per direction."""
+        u = inputs[0]
+        return u.shape[0] * u.shape[1] * u.shape[2] * self.energy_state_per_step() // self.d_model
+
+    def energy_state_per_step(self) -> int:
+        """Real values of S4D state held at one step of one sequence: H x N per direction."""
+        return self.d_model * self.kernel.d_state * (2 if self.bidirectional else 1)
+
     def count_ops(self, inputs: tuple, output: torch.Tensor, ctx: OpContext) -> OpCount:
         """MACs of this layer's own real-valued work on u [B, H, L] (children count themselves).
 

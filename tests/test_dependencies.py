@@ -27,6 +27,7 @@ MODULES = {
     "nirtorch": ["nirtorch", "spikingjelly.activation_based.nir_exchange"],
     "hydra-submitit-launcher": ["hydra_plugins.hydra_submitit_launcher.submitit_launcher"],
     "mkdocs-material": ["mkdocs", "material"], "mkdocstrings": ["mkdocstrings", "mkdocstrings_handlers.python"],
+    "neurobench": ["neurobench.benchmarks", "neurobench.models", "neurobench.metrics.workload"],
 }
 # SpikingJelly's private names that snn_engine/kernel_usage.py reads, and the dispatch rules it copies
 SPIKINGJELLY_PIN = "2.0.0"

@@ -31,11 +31,16 @@ def test_embedded_lm_learns_evaluates_on_both_splits_and_generates(tmp_path, cap
     assert evaluated["val"]["ppl"] == pytest.approx(final["ppl"], rel=1e-5)
     assert evaluated["test"]["tokens"] == 3999 and evaluated["test"]["ppl"] < 20
     assert evaluated["energy_pj_per_token"] > 0 and read_summary(tmp_path / "eval")["task"] == "language_model"
+    memory = evaluated["memory_energy_pj_per_token"]  # memory-inclusive, per token (issue 25)
+    assert set(memory) == {"simple", "lemaire"} and memory["simple"] > evaluated["energy_pj_per_token"]
+    assert evaluated["energy"]["unit"] == "token"
+    assert evaluated["energy"]["sop"]["snn"]["total_pj"] == pytest.approx(evaluated["energy_pj_per_token"])
 
     capsys.readouterr()
     assert generate_main([f"ckpt={ckpt}", "prompt=the dog", "max_new_tokens=12", "seed=0"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("the dog ") and "tokens/s" in out and "spikes per token" in out
+    assert "memory-inclusive energy per token" in out
 
 
 def compose_eval_cfg(ckpt):

@@ -18,7 +18,9 @@ in [0, 2**32 - 1] (:mod:`snn_engine.bounds`).
 Printed: the prompt and its continuation, word by word as they are sampled (flushed), then tokens/s of the decoding
 loop, spikes per generated token (all somas) and energy per generated token (the SpikingSSM paper's convention,
 ``snn_engine.ops`` ``ssm_paper``: ACs of the 1x1 mixing convs at 0.9 pJ; beside it the dense ANN twin of the same
-layers at 4.6 pJ per MAC). Errors
+layers at 4.6 pJ per MAC), and beside it the memory-inclusive energy per generated token
+(:mod:`spiking_ssm.lm.stream_energy`: SpikingJelly's SimpleEnergy on a replay of the decoding steps, weight and
+state traffic included). Errors
 (missing or foreign checkpoint, bad or misspelt arguments, with the closest valid one, unknown words without
 ``<unk>``) are one line on stderr, exit 1. Ctrl-C keeps the text printed so far, ends its line and exits with
 status 130 without a traceback.
@@ -196,6 +198,11 @@ def format_stats(stats: dict, device: torch.device) -> str:
         f"energy per token: {stats['energy_pj_per_token'] / 1e3:.3f} nJ ({stats['ac_per_token']:.0f} AC in the 1x1 "
         f"mixing convs x 0.9 pJ, SpikingSSM paper convention); dense ANN twin of those layers: "
         f"{stats['ann_energy_pj_per_token'] / 1e3:.3f} nJ ({stats['ann_mac_per_token']:.0f} MAC x 4.6 pJ)",
+        *([f"memory-inclusive energy per token: {stats['memory_energy_pj_per_token'] / 1e3:.3f} nJ (SpikingJelly's "
+           f"SimpleEnergy on the replayed steps + our lines for the S4D state, somas, GLU and norms: compute "
+           f"{stats['compute_pj_per_token'] / 1e3:.3f} nJ, weight reads {stats['weights_pj_per_token'] / 1e3:.3f} "
+           f"nJ, state {stats['state_pj_per_token'] / 1e3:.3f} nJ; 45 nm, 24.96 pJ/byte)"]
+          if "memory_energy_pj_per_token" in stats else []),
     ])
 
 
@@ -243,6 +250,9 @@ def main(argv: list[str] | None = None) -> int:
         _, stats = generate(model, prompt_ids, settings["max_new_tokens"], settings["temperature"],
                             settings["top_k"], settings["seed"], device, on_token=show)
         printer.end_line()
+        from spiking_ssm.lm.stream_energy import replay_energy
+
+        stats.update(replay_energy(model, prompt_ids, new_ids, device))
         print("---")
         print(format_stats(stats, device), flush=True)
     except KeyboardInterrupt:
