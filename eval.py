@@ -43,7 +43,7 @@ def eval_config_keys(argv: list[str]) -> list[str]:
     """Every dotted key of eval.yaml with its paths group and the chosen logger (``logger=...`` in ``argv``)."""
     from omegaconf import OmegaConf
 
-    from snn_engine.resume_contract import flatten
+    from snn_engine.protection.resume_contract import flatten
 
     logger = next((a.split("=", 1)[1] for a in argv if a.startswith("logger=")), "wandb")
     node = OmegaConf.to_container(OmegaConf.load(cli.CONF_DIR / "eval.yaml"))

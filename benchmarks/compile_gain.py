@@ -6,7 +6,7 @@
 Each configuration (a string of ``train.py`` overrides) is trained for ``baseline + 1 + measure`` steps by the
 real trainer with ``trainer.compile`` on: the trainer times its first ``--baseline`` steps eagerly (the first
 one, a warm-up, left out of the median), compiles, times the first compiled step (compilation included) and
-``--measure`` more (:class:`snn_engine.compiling.CompileTimer`). The table prints the medians and their ratio,
+``--measure`` more (:class:`snn_engine.training.compiling.CompileTimer`). The table prints the medians and their ratio,
 both measured in the same run on the same device. Embedded data sets only (no files needed): the paper presets
 run on the shapes images at their resolution, the SpikingSSM models on the shapes images as sequences.
 """
@@ -39,7 +39,7 @@ CONFIGS = {
 
 
 def measure(overrides: list[str], mode: str, backend: str, baseline: int, measure_steps: int, device: str) -> dict:
-    """The trainer's compile report (:meth:`snn_engine.compiling.CompileTimer.report`) for one configuration."""
+    """The trainer's compile report (:meth:`snn_engine.training.compiling.CompileTimer.report`) for one configuration."""
     common = ["logger=none", "trainer.progress_bar=false", f"trainer.accelerator={device}", "trainer.epochs=1000",
               f"trainer.max_steps={baseline + 1 + measure_steps}", "trainer.limit_val_batches=1",
               f"trainer.compile={mode}", f"trainer.compile_backend={backend}",

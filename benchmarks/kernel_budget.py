@@ -5,7 +5,7 @@ Per kernel and autotune config: registers, bytes of spill stores (``ptxas -v``),
 SM, SASS instructions per element (FFMA, global loads and stores among them), L1 wavefronts and DRAM bytes per
 element, and the modelled time at H100 rates for the benchmark launch (batch 64, width 256, L = 8192, d_state 64):
 issue, L1, DRAM (at the bandwidth the bytes in flight allow) and latency-bound times, the limiting one starred
-(:mod:`spiking_ssm.kernels.roofline`). Everything printed is MODELLED, not measured; ``--measure`` on a CUDA
+(:mod:`kernel_model.roofline`). Everything printed is MODELLED, not measured; ``--measure`` on a CUDA
 machine times the same launches and prints them beside the model.
 
     python -m benchmarks.kernel_budget                     # float32 benchmark set, sm_90
@@ -28,8 +28,8 @@ import traceback
 os.environ.pop("TRITON_INTERPRET", None)  # before triton is imported: real compilation, not the interpreter
 os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
 
-from spiking_ssm.kernels import offline, plans as plan_list  # noqa: E402
-from spiking_ssm.kernels.roofline import DRAM_BYTES_PER_S, chunked_floor_ms, model  # noqa: E402
+from kernel_model import offline, plans as plan_list  # noqa: E402
+from kernel_model.roofline import DRAM_BYTES_PER_S, chunked_floor_ms, model  # noqa: E402
 
 HEADER = (f"{'kernel [config] dtype':<40} {'regs':>4} {'spill':>5} {'smem':>6} {'occ':>3} {'instr/el':>8} "
           f"{'ffma':>6} {'ld':>5} {'st':>5} {'L1 wf/el':>8} {'B/el':>5} {'issue':>7} {'L1':>7} {'DRAM':>7} "

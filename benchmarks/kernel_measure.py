@@ -11,7 +11,7 @@ import torch
 
 from spiking_ssm.kernels import lif_fixed_point, soma, vandermonde
 from spiking_ssm.kernels.launch import FP_FUSION
-from spiking_ssm.kernels.plans import BENCH
+from kernel_model.plans import BENCH
 
 
 def _config(text: str) -> tuple[dict, int]:

@@ -21,8 +21,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from spiking_ssm import lif_scan  # noqa: E402
-from spiking_ssm.lif_parallel import ParallelLIFNeuron  # noqa: E402
+from spiking_ssm.somas import lif_scan  # noqa: E402
+from spiking_ssm.somas.lif_parallel import ParallelLIFNeuron  # noqa: E402
 
 SYNTHETIC = {"N(0,1)": (0.0, 1.0), "N(0.5,1)": (0.5, 1.0), "N(0,9)": (0.0, 3.0), "N(-1,1)": (-1.0, 1.0)}
 SETTINGS = [(0.125, "sdn"), (0.125, "zero"), (0.5, "zero"), (0.9, "zero")]

@@ -50,7 +50,7 @@ from spikingjelly.activation_based.surrogate import PiecewiseQuadratic
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from spiking_ssm.kernels.runtime import triton_unavailable  # noqa: E402
 from spiking_ssm.layer import CONVS, SpikingSSM  # noqa: E402
-from spiking_ssm.neurons import make_ssm_neuron  # noqa: E402
+from spiking_ssm.somas import make_ssm_neuron  # noqa: E402
 
 LOOP_MAX_LENGTH = 8192  # the Python loops are timed up to here (minutes per pass beyond)
 

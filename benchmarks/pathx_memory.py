@@ -27,7 +27,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from spiking_ssm.backbone import PRESETS, build_preset  # noqa: E402
-from spiking_ssm.neurons import make_ssm_neuron  # noqa: E402
+from spiking_ssm.somas import make_ssm_neuron  # noqa: E402
 
 
 def rss_bytes() -> int:

@@ -5,7 +5,7 @@
 
 Counts every tensor storage autograd keeps from one forward pass (each storage once), with the spike inputs of the
 synaptic maps saved as floats (what autograd does by itself), booleans and packed bits (``model.spike_storage``:
-``snn_engine.spike_memory`` through SpikingJelly's ``memopt`` compressors), measured in the same run, and splits the
+``snn_engine.training.spike_memory`` through SpikingJelly's ``memopt`` compressors), measured in the same run, and splits the
 total by the module that saved it; then what ``model.checkpoint_stages=true`` keeps through the forward and holds
 at most while a stage is recomputed. For reference, the issue that
 set the target measured the official mixer-snn model at 1191.0 MiB under the same setting (SpikingJelly 2.0
@@ -24,7 +24,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from mixer_snn import model as presets  # noqa: E402
-from snn_engine import spike_memory  # noqa: E402
+from snn_engine.training import spike_memory  # noqa: E402
 from snn_engine.neurons import make_neuron  # noqa: E402
 
 MIB = 2**20

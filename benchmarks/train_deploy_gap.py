@@ -22,9 +22,9 @@ from hydra.utils import instantiate
 from spikingjelly.activation_based import functional
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from snn_engine import checkpoint as ckpt_io  # noqa: E402
+from snn_engine.protection import checkpoint as ckpt_io  # noqa: E402
 from snn_engine.run import build_model, checkpoint_config  # noqa: E402
-from spiking_ssm.neurons import make_ssm_neuron  # noqa: E402
+from spiking_ssm.somas import make_ssm_neuron  # noqa: E402
 from spiking_ssm.streaming import StreamingClassifier  # noqa: E402
 
 

@@ -17,7 +17,7 @@ from spiking_ssm.kernels.launch import exact_fp32
 from spiking_ssm.kernels.runtime import triton_unavailable
 from spiking_ssm.kernels.vandermonde import fused_vandermonde_kernel
 from spiking_ssm.layer import SpikingSSM
-from spiking_ssm.neurons import make_ssm_neuron
+from spiking_ssm.somas import make_ssm_neuron
 from spiking_ssm.s4d import S4DKernel, vandermonde_kernel
 
 

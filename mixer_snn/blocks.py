@@ -10,7 +10,7 @@ and gives every BN a contiguous view with a long inner axis, which is what the C
 spiking layer.
 
 Every map that reads spikes (the token matmuls, ``fuse``, ``fc1``, ``fc2``, the SPE convs after a neuron) runs
-through :func:`snn_engine.spike_memory.spike_input`, which saves its binary input for backward as one byte per
+through :func:`snn_engine.training.spike_memory.spike_input`, which saves its binary input for backward as one byte per
 spike instead of a float.
 """
 
@@ -23,8 +23,8 @@ from torch import nn
 
 from mixer_snn.norms import BatchNormT, ChannelMLPNorm, TokenAxisNorm
 from snn_engine.errors import UserError
-from snn_engine.ops import OpContext, OpCount, linear_ops
-from snn_engine.spike_memory import spike_input
+from snn_engine.measure.ops import OpContext, OpCount, linear_ops
+from snn_engine.training.spike_memory import spike_input
 
 NeuronFactory = Callable[[], nn.Module]
 

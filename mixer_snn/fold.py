@@ -91,7 +91,7 @@ def _linears(weight: torch.Tensor, bias: torch.Tensor | None, scale: torch.Tenso
 
 
 def _mark_steps(modules: nn.ModuleList) -> nn.ModuleList:
-    """Per-step copies each run one time step: the ANN twin counts one of them (see snn_engine.ops)."""
+    """Per-step copies each run one time step: the ANN twin counts one of them (see snn_engine.measure.ops)."""
     if len(modules) > 1:
         for module in modules:
             module.ann_share = 1.0 / len(modules)

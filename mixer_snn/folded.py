@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from snn_engine.ops import OpContext, OpCount, is_binary
+from snn_engine.measure.ops import OpContext, OpCount, is_binary
 
 
 def apply_per_step(modules: nn.ModuleList, x: torch.Tensor, steps: int) -> torch.Tensor:
@@ -130,7 +130,7 @@ class PositionScale(nn.Module):
     multiplication per neuron input and time step (real-valued input, counted as MACs).
     """
 
-    energy_compute_unseen = True  # snn_engine.energy_unseen: an elementwise product SpikingJelly's counters skip
+    energy_compute_unseen = True  # snn_engine.measure.energy_unseen: an elementwise product SpikingJelly's counters skip
 
     def __init__(self, scale: torch.Tensor):
         super().__init__()

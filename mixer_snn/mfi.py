@@ -2,12 +2,12 @@
 
 The paper's claim: after folding every BN, every layer but the first receives binary spikes, so its
 synaptic operations are accumulates. :func:`audit` checks it on data: it takes the per-layer operation
-counts of the folded model (:class:`snn_engine.ops.OpCounter`, which looks at the actual inputs of every
+counts of the folded model (:class:`snn_engine.measure.ops.OpCounter`, which looks at the actual inputs of every
 conv/linear/scale) and lists every layer that still performs true multiplications (real-valued input),
 with the reason. Neuron updates (the leak of LIF with tau = 2 is a shift) and additions are not
 multiplications of the synaptic kind and are not listed.
 
-:func:`snn_engine.evaluation.compare_logits` measures the largest logit difference between the folded and the
+:func:`snn_engine.training.evaluation.compare_logits` measures the largest logit difference between the folded and the
 unfolded model.
 """
 

@@ -28,9 +28,9 @@ from torch import nn
 from mixer_snn.blocks import ConvBN, MixerBlock, NeuronFactory, PatchCell, Stem, check_images
 from mixer_snn.fold import fold_model
 from mixer_snn.norms import CHANNEL_BN_AXES, NORMS, BatchNormT
-from snn_engine import spike_memory
+from snn_engine.training import spike_memory
 from snn_engine.errors import UserError
-from snn_engine.recompute import checkpoint_spiking
+from snn_engine.training.recompute import checkpoint_spiking
 
 
 class Stage(nn.Module):
@@ -81,9 +81,9 @@ class SparseMLPSNN(nn.Module):
         channel_bn_axis: ``token`` (faithful: BN1d over the n*n positions) | ``channel`` (per feature).
         head_lif: a neuron between the spatial mean and the classifier (the paper's figure; not the code).
         checkpoint_stages: keep only each stage's input in training and recompute the stage in backward
-            (:func:`snn_engine.recompute.checkpoint_spiking`, SpikingJelly's ``memopt``: same gradients and BN
+            (:func:`snn_engine.training.recompute.checkpoint_spiking`, SpikingJelly's ``memopt``: same gradients and BN
             statistics, far less memory); the spike inputs of stages 1-3 are kept in the ``spike_storage`` form.
-        spike_storage: how spikes saved for backward are kept (:mod:`snn_engine.spike_memory`): ``float`` (what
+        spike_storage: how spikes saved for backward are kept (:mod:`snn_engine.training.spike_memory`): ``float`` (what
             autograd does), ``bool`` (1 byte each) or ``bits`` (8 per byte); the gradients are identical.
     """
 
@@ -175,7 +175,7 @@ class SparseMLPSNN(nn.Module):
         """Images ``[B, C, H, W]`` (repeated T times) or ``[T, B, C, H, W]`` -> logits ``[T, B, num_classes]``."""
         return self.forward_head(self.forward_features(x))
 
-    # the engine's multiplication-free-inference protocol (eval.py mfi=true / nir=true; see snn_engine.report)
+    # the engine's multiplication-free-inference protocol (eval.py mfi=true / nir=true; see snn_engine.measure.report)
 
     def fold_for_inference(self, position_bn: str = "threshold") -> nn.Module:
         """The BN-free inference form (:func:`mixer_snn.fold.fold_model`); it offers ``mfi_audit``."""

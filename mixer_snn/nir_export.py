@@ -1,7 +1,7 @@
 """Export of the BN-folded spiking sparse-MLP to NIR (the Neuromorphic Intermediate Representation).
 
 ``export_nir(model)`` folds a :class:`~mixer_snn.model.SparseMLPSNN` (or takes a folded one) and returns a
-``nir.NIRGraph`` whose simulation (SpikingJelly's ``import_from_nir``, :mod:`snn_engine.nir_replay`) gives the
+``nir.NIRGraph`` whose simulation (SpikingJelly's ``import_from_nir``, :mod:`snn_engine.measure.nir_replay`) gives the
 same logits.
 
 NIR has no reshape, transpose or concatenation, and the token projections mix the positions along H or W

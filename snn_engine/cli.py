@@ -9,7 +9,7 @@ from typing import Callable
 
 from hydra.core.hydra_config import HydraConfig
 
-from snn_engine import run_folder
+from snn_engine.protection import run_folder
 from snn_engine.errors import RunFailed, UserError
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
@@ -37,7 +37,7 @@ def user_error_in(error: BaseException) -> UserError | None:
 
 
 def guarded(main: Callable[[], int | None]) -> int:
-    """Run ``main`` in the run folder this process claimed (:mod:`snn_engine.run_folder`); a :class:`UserError` (also
+    """Run ``main`` in the run folder this process claimed (:mod:`snn_engine.protection.run_folder`); a :class:`UserError` (also
     one wrapped by Hydra's instantiation) becomes one line on stderr and exit status 1, and a run that failed before
     it started leaves nothing behind (one that started and failed, :class:`RunFailed`, keeps its folder)."""
     try:

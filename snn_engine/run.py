@@ -18,18 +18,19 @@ import torch
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from snn_engine import checkpoint as ckpt_io
-from snn_engine import distributed, resume_contract, run_folder, summary_file, trust
-from snn_engine.config_check import EVAL_RULES, check, check_train_config, max_steps
+from snn_engine.protection import checkpoint as ckpt_io
+from snn_engine.training import distributed
+from snn_engine.protection import resume_contract, run_folder, summary_file, trust
+from snn_engine.protection.config_check import EVAL_RULES, check, check_train_config, max_steps
 from snn_engine.errors import RunFailed, UserError
-from snn_engine.evaluation import evaluate_model
+from snn_engine.training.evaluation import evaluate_model
 from snn_engine.logger import NullLogger
-from snn_engine.kernel_usage import ImplementationCounter, reports_path
+from snn_engine.measure.kernel_usage import ImplementationCounter, reports_path
 from snn_engine.neurons import select_implementation
-from snn_engine.optim import build_optimizer
-from snn_engine.report import flat_metrics, format_report, spike_report
+from snn_engine.training.optim import build_optimizer
+from snn_engine.measure.report import flat_metrics, format_report, spike_report
 from snn_engine.tasks import task_for
-from snn_engine.trainer import PRECISIONS, Trainer, resolve_precision
+from snn_engine.training.trainer import PRECISIONS, Trainer, resolve_precision
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +106,7 @@ def resume_path(cfg: DictConfig, run_dir: Path) -> Path | None:
 
 
 def write_json(path: Path, values: dict) -> None:
-    """Write ``values`` to ``path`` atomically (:func:`snn_engine.summary_file.write_atomic`)."""
+    """Write ``values`` to ``path`` atomically (:func:`snn_engine.protection.summary_file.write_atomic`)."""
     summary_file.write_atomic(path, values)
 
 
@@ -125,8 +126,8 @@ def record_failure(run_dir: Path, trainer: Trainer, error: UserError, started: f
 
 def prepare_resume(cfg: DictConfig, run_dir: Path) -> tuple[Path | None, dict | None, dict]:
     """The checkpoint to resume from, its state, and the setting changes the resume makes (checked against
-    :mod:`snn_engine.resume_contract`); a folder holding another run's results without ``trainer.resume`` is an
-    error (Hydra runs are refused earlier, by :mod:`snn_engine.run_folder`)."""
+    :mod:`snn_engine.protection.resume_contract`); a folder holding another run's results without ``trainer.resume`` is an
+    error (Hydra runs are refused earlier, by :mod:`snn_engine.protection.run_folder`)."""
     if not cfg.trainer.resume and run_folder.holds_results(run_dir):
         raise UserError(f"run folder {run_dir} already holds another run's checkpoints or summary; pass "
                         "trainer.resume=auto to continue that run, or choose a new run_name")
@@ -224,7 +225,7 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
 
 def write_final_summary(run_dir: Path, summary: dict, logger) -> None:
     """The finished (or stopped) run's ``summary.json``; a failed write is one :class:`RunFailed` line that says where
-    the checkpoints are and how to write the summary later (:func:`snn_engine.summary_file.write_or_fail`)."""
+    the checkpoints are and how to write the summary later (:func:`snn_engine.protection.summary_file.write_or_fail`)."""
     status, step = summary["status"], summary["step"]
     later = ("without training further" if status == "finished" else "and continue the run")
     try:
@@ -243,7 +244,7 @@ def checkpoint_config(state: dict, overrides: list[str], source="this checkpoint
     """The training config stored in a checkpoint, with ``key=value`` overrides from the command line: the config
     that ``eval.py``, ``generate`` and the LM tools build from.
 
-    It comes from :func:`snn_engine.trust.trusted_config`: resolved with harmless resolvers only, after the overrides,
+    It comes from :func:`snn_engine.protection.trust.trusted_config`: resolved with harmless resolvers only, after the overrides,
     and checked node by node (it builds only targets that ``conf/`` names) before anything reads it; no interpolation
     of the file is left in it but ``${data:NAME}``. An override must name a key the config has, unless its key is in
     ``added`` (the user wrote ``+key=value``); an unknown key is an error with the nearest known keys (``own_keys``:
@@ -287,7 +288,7 @@ def language_model_extras(data, model, env, dtype, autocast, task, report: dict,
     val_tokens = report["val"]["tokens"]
     samples = report["ops"].get("samples") or len(data.val_set())
     extras = {"energy_pj_per_token": report["ops"]["total"]["energy_pj"] * samples / max(val_tokens, 1)}
-    if report.get("energy", {}).get("memory"):  # already per token (snn_engine.energy)
+    if report.get("energy", {}).get("memory"):  # already per token (snn_engine.measure.energy)
         extras["memory_energy_pj_per_token"] = {k: v["total_pj"] for k, v in report["energy"]["memory"].items()
                                                 if "total_pj" in v}
     if "test" in getattr(data, "splits", ("test",)):

@@ -16,8 +16,8 @@ import torch
 from torch import nn
 
 from snn_engine.errors import UserError
-from snn_engine.losses import TokenNLL
-from snn_engine.metrics import ClassificationMeter, TokenMeter, TrainMeter, time_averaged
+from snn_engine.training.losses import TokenNLL
+from snn_engine.measure.metrics import ClassificationMeter, TokenMeter, TrainMeter, time_averaged
 
 IGNORE_INDEX = -100
 

@@ -23,8 +23,8 @@ import torch
 from torch import nn
 
 from snn_engine.errors import UserError
-from snn_engine.ops import OpContext, OpCount
-from snn_engine.recompute import checkpoint_spiking
+from snn_engine.measure.ops import OpContext, OpCount
+from snn_engine.training.recompute import checkpoint_spiking
 from spiking_ssm import chunked
 from spiking_ssm.kernels import runtime
 from spiking_ssm.mixing import PointwiseConv1d
@@ -70,7 +70,7 @@ class SpikingSSM(nn.Module):
     2-2.5e-7 relative against float64 in an emulation, as ``ieee``), ``ieee`` (FFMA) or ``tf32`` (one product, about
     3e-4: only when asked for); float64 and the torch path are always exact. ``fuse_soma``: on that path, let a soma
     that can (sdn) compute the currents itself (:meth:`spikes`). ``last_implementation`` names the path the latest
-    call ran; ``reports_path`` lets :class:`snn_engine.kernel_usage.ImplementationCounter` count it.
+    call ran; ``reports_path`` lets :class:`snn_engine.measure.kernel_usage.ImplementationCounter` count it.
 
     ``threshold``: ``"channel"`` (learnable theta = exp(ln_theta) per channel, init 1: "VT"), ``"shared"``
     (one learnable scalar) or ``"fixed"`` (theta = 1, "VF"). ``D`` is stored as [H, 1] so that, like the
@@ -232,15 +232,15 @@ class SpikingSSM(nn.Module):
         return self.mix(self.spikes(u))
 
     def ops_targets(self, convention: str) -> list[tuple[str, nn.Module]]:
-        """What :class:`snn_engine.ops.OpCounter` counts under a paper's convention: the SpikingSSM paper
+        """What :class:`snn_engine.measure.ops.OpCounter` counts under a paper's convention: the SpikingSSM paper
         (``ssm_paper``) counts the 1x1 mixing conv only."""
         return [("output_linear", self.output_linear)] if convention == "ssm_paper" else []
 
-    energy_compute_unseen = True  # snn_engine.energy_unseen: SpikingJelly's counters have no rule for the S4D conv
+    energy_compute_unseen = True  # snn_engine.measure.energy_unseen: SpikingJelly's counters have no rule for the S4D conv
 
     def energy_state_elements(self, inputs: tuple) -> int:
         """Real values of S4D state read per call on u [B, H, L] (as many written back), for
-        :mod:`snn_engine.energy_unseen`: N per channel and step (N/2 complex modes), per direction."""
+        :mod:`snn_engine.measure.energy_unseen`: N per channel and step (N/2 complex modes), per direction."""
         u = inputs[0]
         return u.shape[0] * u.shape[1] * u.shape[2] * self.energy_state_per_step() // self.d_model
 
@@ -299,7 +299,7 @@ class SpikingSSMBlock(nn.Module):
     which is what the reference effectively runs for its post-norm ("noNorm") configs.
 
     ``checkpoint=True`` keeps only the layer's input during training and recomputes the layer (S4D convolution,
-    soma, GLU) in backward (:func:`snn_engine.recompute.checkpoint_spiking`, SpikingJelly's ``memopt``): the same
+    soma, GLU) in backward (:func:`snn_engine.training.recompute.checkpoint_spiking`, SpikingJelly's ``memopt``): the same
     gradients for a fraction of the activation memory (Path-X), with any soma (SpikingJelly's LIF is recomputed
     from the membrane it started from). The norm stays outside the recomputation.
     """

@@ -12,7 +12,7 @@ Per channel h there are N/2 complex modes (N = ``d_state``; the conjugate half i
 Zero-order hold: ``Abar = exp(dt A)``, ``Bbar = B (exp(dt A) - 1) / A`` and the length-L kernel is
 ``K[c, h, l] = 2 Re sum_n C[c, h, n] Bbar[h, n] Abar[h, n]^l``.
 
-Optimizer hints (``param._optim``, read by :func:`snn_engine.optim.param_groups`): ``log_A_real``,
+Optimizer hints (``param._optim``, read by :func:`snn_engine.training.optim.param_groups`): ``log_A_real``,
 ``A_imag``, ``log_dt`` and ``B`` get ``{"lr": ssm_lr, "weight_decay": 0.0}``. ``C`` is an ordinary parameter
 (global lr, global weight decay) with ``trainable_B=False``; with ``trainable_B=True`` it gets ``{"lr": ssm_lr}``
 and therefore the global weight decay, as in the reference.

@@ -30,7 +30,7 @@ from spiking_ssm.layer import SpikingSSM, SpikingSSMBlock
 class LIFConstants:
     """Exact LIF soma. Two parametrisations:
 
-    - ``leak`` set (SpikingSSM convention, ``spiking_ssm.neurons``): ``v <- v_reset + leak (v - v_reset) + I``;
+    - ``leak`` set (SpikingSSM convention, ``spiking_ssm.somas``): ``v <- v_reset + leak (v - v_reset) + I``;
     - ``leak`` None: SpikingJelly's ``LIFNode`` with time constant ``tau`` (``v <- v - (v - v_reset)/tau + I``,
       or ``v + (I - (v - v_reset))/tau`` with ``decay_input``); ``tau = inf`` is an IF neuron.
     """

@@ -33,7 +33,7 @@ TRAIN_BAD_VALUES = [
     (["logger=wandb", "logger.mode=bogus"], "logger.mode='bogus' is invalid"),
     (["trainer.resume=/nonexistent/last.pt"], "does not exist"),
     (["trainer.resume_allow_changes=yes"], "trainer.resume_allow_changes='yes' is invalid"),
-    # integers beyond what torch takes (snn_engine.bounds): refused before anything is built
+    # integers beyond what torch takes (snn_engine.protection.bounds): refused before anything is built
     (["seed=18446744073709551617"], "seed=18446744073709551617 is invalid: it must be a whole number in [0, 4294967295]"),
     (["seed=1e20"], "seed=1e+20 is invalid: it must be a whole number in [0, 4294967295]"),
     (["dataset.seed=-1"], "dataset.seed=-1 is invalid"),

@@ -47,8 +47,8 @@ def load_weights(run_dir: Path, name: str = "last.pt") -> dict:
 
 def loss_and_saved_bytes(model: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, int]:
     """``model(x).square().mean()`` and the bytes of every storage its graph saves for backward, counting the
-    booleans :mod:`snn_engine.spike_memory` stores in place of spikes."""
-    from snn_engine import spike_memory
+    booleans :mod:`snn_engine.training.spike_memory` stores in place of spikes."""
+    from snn_engine.training import spike_memory
 
     saved: dict[int, int] = {}
 

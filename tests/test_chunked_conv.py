@@ -12,11 +12,11 @@ import torch
 from spikingjelly.activation_based import functional
 
 from snn_engine.errors import UserError
-from snn_engine.kernel_usage import ImplementationCounter, reports_path
+from snn_engine.measure.kernel_usage import ImplementationCounter, reports_path
 from spiking_ssm.backbone import SpikingSSMClassifier
 from spiking_ssm.chunked import ChunkOperators, chunk_operators, chunked_conv, chunked_conv_autograd, toeplitz
 from spiking_ssm.layer import SpikingSSM
-from spiking_ssm.neurons import make_ssm_neuron
+from spiking_ssm.somas import make_ssm_neuron
 from spiking_ssm.s4d import vandermonde_kernel
 from spiking_ssm.streaming import StreamingClassifier
 
@@ -196,7 +196,7 @@ def test_streaming_equals_a_chunked_forward():
 
 
 def test_a_run_from_before_the_chunked_path_resumes_and_may_switch_paths():
-    from snn_engine import resume_contract
+    from snn_engine.protection import resume_contract
 
     old = {"model": {"d_model": 8, "s4d_implementation": "auto"}}
     new = {"model": {"d_model": 8, "s4d_implementation": "auto", "conv": "auto", "conv_chunk": 64}}
@@ -265,7 +265,7 @@ def test_the_sdn_soma_fused_behind_the_chunked_kernel_equals_the_unfused_layer(b
     """Through Triton's interpreter: ``fuse_soma`` (the sdn soma computes the currents itself) against the same
     layer unfused: identical spikes and outputs, every gradient to rounding (float64); the firing-rate meter and the
     implementation counter see the fused soma like any other."""
-    from snn_engine.metrics import FiringRateMeter
+    from snn_engine.measure.metrics import FiringRateMeter
     from spiking_ssm.kernels import runtime
 
     if runtime.triton_unavailable(torch.device("cpu")) is not None:

@@ -6,7 +6,7 @@ small and odd: L not a multiple of the chunk, L < Q, L = 1, B = 1 and B past one
 16, both walk directions, chunks 16 and 32. float64 must equal the reference to 1e-12 (relative to the largest
 value); float32 must be within 2e-6 of the float64 reference for the currents and 1e-5 for every gradient.
 Compiling them for sm_80/sm_90 (registers, spills, budgets) is tests/test_kernel_compile.py's job (compile plans
-in spiking_ssm/kernels/plans.py).
+in kernel_model/plans.py).
 """
 
 import pytest

@@ -7,7 +7,7 @@ identical except where ``|m + y - 1| < 1e-5`` (none such in float64); ``du`` and
 1e-10 (float64) or 1e-5 (float32) of the unfused path's, relative to the largest value. Shapes are small and odd:
 L not a multiple of Q, L < Q, L < 8 (the SDN's window), B = 1 and B past one 16-row block, d_state 8 (modes padded
 to 16) and 32, Q = 16 and 32, causal and bidirectional. Compiled for sm_80/sm_90 (registers, declared spills, budgets, MODELLED cost) by
-tests/test_kernel_compile.py through the compile plans (``sdn chunked`` in spiking_ssm/kernels/plans.py).
+tests/test_kernel_compile.py through the compile plans (``sdn chunked`` in kernel_model/plans.py).
 """
 
 import pytest

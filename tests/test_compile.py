@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from snn_engine import run
-from snn_engine.compiling import CompileTimer, resolve_compile_mode
+from snn_engine.training.compiling import CompileTimer, resolve_compile_mode
 from snn_engine.errors import UserError
 from tests.helpers import TINY, compose_train, load_weights, read_summary
 

@@ -29,7 +29,7 @@ MODULES = {
     "mkdocs-material": ["mkdocs", "material"], "mkdocstrings": ["mkdocstrings", "mkdocstrings_handlers.python"],
     "neurobench": ["neurobench.benchmarks", "neurobench.models", "neurobench.metrics.workload"],
 }
-# SpikingJelly's private names that snn_engine/kernel_usage.py reads, and the dispatch rules it copies
+# SpikingJelly's private names that snn_engine/measure/kernel_usage.py reads, and the dispatch rules it copies
 SPIKINGJELLY_PIN = "2.0.0"
 DISPATCH_DIGEST = "b95a73ac51d6cfd7"
 
@@ -72,7 +72,7 @@ def test_torchaudio_is_not_installed():
 
 
 def test_spikingjelly_is_the_pinned_release_whose_private_names_we_read():
-    """snn_engine/kernel_usage.py imports spikingjelly._ops.surrogate._surrogate_spec and copies the dispatch rules of
+    """snn_engine/measure/kernel_usage.py imports spikingjelly._ops.surrogate._surrogate_spec and copies the dispatch rules of
     functional.lif/if/plif_multi_step. Any other release, or a change of those functions, fails here: re-read them,
     update spikingjelly_path() and this test's pin and digest together."""
     from spikingjelly._ops.surrogate import _surrogate_spec
@@ -92,4 +92,4 @@ def test_spikingjelly_is_the_pinned_release_whose_private_names_we_read():
                                                     sj_functional.plif_multi_step, _surrogate_spec))
     assert hashlib.sha256(source.encode()).hexdigest()[:16] == DISPATCH_DIGEST, (
         "SpikingJelly's neuron dispatch changed: re-read functional.*_multi_step and update "
-        "snn_engine.kernel_usage.spikingjelly_path, then this digest")
+        "snn_engine.measure.kernel_usage.spikingjelly_path, then this digest")

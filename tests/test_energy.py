@@ -18,17 +18,17 @@ from spikingjelly.activation_based.op_counter import (
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from snn_engine import energy_estimators as est
-from snn_engine.energy import crossover, energy_report, format_energy_table
-from snn_engine.energy_plots import write_energy_figures
-from snn_engine.energy_unseen import UnseenCounter, sees_synaptic_modules
+from snn_engine.measure import energy_estimators as est
+from snn_engine.measure.energy import crossover, energy_report, format_energy_table
+from snn_engine.measure.energy_plots import write_energy_figures
+from snn_engine.measure.energy_unseen import UnseenCounter, sees_synaptic_modules
 from snn_engine.errors import UserError
-from snn_engine.evaluation import evaluate_model
-from snn_engine.ops import OpCounter
-from snn_engine.report import spike_report
-from snn_engine.twins import ann_twin, int_unit_costs, silenced
+from snn_engine.training.evaluation import evaluate_model
+from snn_engine.measure.ops import OpCounter
+from snn_engine.measure.report import spike_report
+from snn_engine.measure.twins import ann_twin, int_unit_costs, silenced
 from spiking_ssm.backbone import SpikingSSMClassifier
-from spiking_ssm.neurons import make_ssm_neuron
+from spiking_ssm.somas import make_ssm_neuron
 from tests.mixer_fixtures import images, trained_like
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -133,7 +133,7 @@ def test_bad_widths_and_a_missing_neurobench_are_one_line(mixer_report, monkeypa
     for widths in (["eight"], [0]):
         with pytest.raises(UserError, match="energy.qann_bits|width >= 1"):
             energy_report({"estimators": [], "qann_bits": widths}, model, model, loader, CPU, None, ops, rate)
-    from snn_engine import neurobench_metrics
+    from snn_engine.measure import neurobench_metrics
 
     monkeypatch.setitem(sys.modules, "neurobench.benchmarks", None)
     with pytest.raises(UserError, match="uv sync --extra neurobench"):
@@ -231,7 +231,7 @@ def test_neurobench_agrees_with_our_counts():
     """NeuroBench's activation sparsity is 1 - our firing rate; its effective ACs are our ACs on the layers its
     hooks see, and with the token projections it cannot see (a bmm inside TokenMixing) they are all our ACs."""
     pytest.importorskip("neurobench", reason="the neurobench extra: uv sync --extra neurobench")
-    from snn_engine.neurobench_metrics import format_neurobench, neurobench_report
+    from snn_engine.measure.neurobench_metrics import format_neurobench, neurobench_report
 
     model = trained_like(0)
     loader = loader_of(images(4))

@@ -8,12 +8,12 @@ import pytest
 import torch
 from torch import nn
 
-from snn_engine import checkpoint as ckpt_io
+from snn_engine.protection import checkpoint as ckpt_io
 from snn_engine.errors import UserError
-from snn_engine.losses import TETLoss, TimeAveragedCrossEntropy
-from snn_engine.metrics import FiringRateMeter, format_rate_table, topk_hits
+from snn_engine.training.losses import TETLoss, TimeAveragedCrossEntropy
+from snn_engine.measure.metrics import FiringRateMeter, format_rate_table, topk_hits
 from snn_engine.neurons import make_neuron, select_implementation
-from snn_engine.optim import param_groups, warmup_cosine
+from snn_engine.training.optim import param_groups, warmup_cosine
 
 
 def reference_lif(x: torch.Tensor, tau: float, v_th: float, v_reset: float, decay_input: bool) -> torch.Tensor:
@@ -198,8 +198,8 @@ def test_rng_state_round_trip(tmp_path):
 
 
 def test_sequence_models_and_custom_spiking_modules_are_supported():
-    from snn_engine.evaluation import evaluate_model, to_device
-    from snn_engine.metrics import time_averaged
+    from snn_engine.training.evaluation import evaluate_model, to_device
+    from snn_engine.measure.metrics import time_averaged
 
     assert time_averaged(torch.ones(3, 2, 4)).shape == (2, 4) and time_averaged(torch.ones(2, 4)).shape == (2, 4)
     pair = to_device((torch.zeros(2, 3, dtype=torch.long), torch.zeros(2, 3)), torch.device("cpu"), torch.float64)
@@ -251,7 +251,7 @@ def test_spikingjelly_path_names_the_autocast_fallback(monkeypatch):
     from spikingjelly.activation_based import neuron as sj_neuron
     from spikingjelly.activation_based import surrogate as sj_surrogate
 
-    from snn_engine import kernel_usage
+    from snn_engine.measure import kernel_usage
 
     monkeypatch.setattr(kernel_usage, "_selected", lambda kind, device: f"triton ({kind})")
     cuda = SimpleNamespace(type="cuda", index=0)
@@ -275,7 +275,7 @@ def test_spikingjelly_path_names_the_autocast_fallback(monkeypatch):
 
 
 def test_implementation_counter_counts_every_call():
-    from snn_engine.kernel_usage import ImplementationCounter
+    from snn_engine.measure.kernel_usage import ImplementationCounter
     from spikingjelly.activation_based.functional import reset_net
 
     model = torch.nn.Sequential(torch.nn.Linear(4, 4), make_neuron(kind="lif"), torch.nn.Linear(4, 4),

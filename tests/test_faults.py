@@ -205,7 +205,7 @@ def kill_at_rename(n: int):
     """A ``prepare`` hook: the n-th rename inside a checkpoint write kills the process (as ``kill -9`` would)."""
 
     def prepare():
-        from snn_engine import checkpoint
+        from snn_engine.protection import checkpoint
 
         calls = [0]
         real_replace = os.replace
@@ -278,7 +278,7 @@ def test_full_disk_is_one_line_and_keeps_the_previous_checkpoint(tmp_path, finis
 def test_a_failed_final_summary_is_one_line_and_leaves_no_stale_summary(tmp_path, finished):
     """A run whose summary says interrupted (at step 3) resumes to its end (the finished checkpoints: nothing left to
     train), but the summary's temp path is taken by a directory: one line, and no summary claims otherwise."""
-    from snn_engine.summary_file import temp_path
+    from snn_engine.protection.summary_file import temp_path
 
     run = copy_run(finished, tmp_path, "base")
     summary = json.loads((run / "summary.json").read_text())
@@ -301,7 +301,7 @@ def test_a_failed_final_summary_is_one_line_and_leaves_no_stale_summary(tmp_path
 
 def full_disk_at_the_summary():
     """A ``prepare`` hook: the disk is full (a 16-byte file-size limit) while the summary is written, only then."""
-    from snn_engine import summary_file
+    from snn_engine.protection import summary_file
 
     real = summary_file.write_atomic
 

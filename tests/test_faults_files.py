@@ -26,7 +26,7 @@ SKIPPED = 77  # a child that cannot make a read-only mount exits with this
 
 
 def scratch_folders() -> set[str]:
-    """The scratch folders of refused claims (:mod:`snn_engine.run_folder`): each must be gone after its command."""
+    """The scratch folders of refused claims (:mod:`snn_engine.protection.run_folder`): each must be gone after its command."""
     return {p.name for p in Path(tempfile.gettempdir()).glob("snn-refused-run-*")}
 
 

@@ -12,12 +12,12 @@ from torch import nn
 from mixer_snn.fold import fold_model
 from mixer_snn.folded import ThresholdNeuron
 from mixer_snn.mfi import audit, format_audit
-from snn_engine.evaluation import compare_logits
+from snn_engine.training.evaluation import compare_logits
 from mixer_snn.model import SparseMLPSNN
 from snn_engine.errors import UserError
-from snn_engine.metrics import FiringRateMeter
+from snn_engine.measure.metrics import FiringRateMeter
 from snn_engine.neurons import make_neuron
-from snn_engine.ops import OpCounter
+from snn_engine.measure.ops import OpCounter
 from tests.mixer_fixtures import eval_logits, images, trained_like
 
 pytestmark = pytest.mark.usefixtures("one_thread")

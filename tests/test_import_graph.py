@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-PACKAGES = ("mixer_snn", "spiking_ssm", "snn_engine")
+PACKAGES = ("mixer_snn", "spiking_ssm", "snn_engine", "kernel_model")
 
 Graph = dict[str, dict[str, str]]  # module -> {imported module: "path:line" of the first import of it}
 
@@ -105,7 +105,29 @@ def test_the_layering_runs_one_way(repo):
     assert "mixer_snn.fold" in graph["mixer_snn.model"] and "mixer_snn.nir_export" in graph["mixer_snn.model"]
     for lower in ("mixer_snn.fold", "mixer_snn.folded", "mixer_snn.mfi", "mixer_snn.nir_export"):
         assert "mixer_snn.model" not in graph[lower] and "mixer_snn" not in graph[lower], lower
-    assert "spiking_ssm.neurons" not in graph["spiking_ssm.lif_parallel"]
+    assert "spiking_ssm.somas" not in graph["spiking_ssm.somas.lif_parallel"]
+
+
+def test_no_runtime_module_imports_the_kernel_model(repo):
+    """The compile-and-model tools (:mod:`kernel_model`) stay outside the runtime import path: no module of the
+    packages a run imports reaches them (they import the kernels, never the other way)."""
+    graph = import_graph(repo)
+    assert {"kernel_model.plans", "spiking_ssm.kernels.soma"} <= set(graph)
+    users = {module: sorted(t for t in targets if t.startswith("kernel_model")) for module, targets in graph.items()
+             if not module.startswith("kernel_model")}
+    assert not {m: t for m, t in users.items() if t}, users
+
+
+def test_the_engine_shows_its_rooms(repo):
+    """At most ten modules at the engine's top level; the rest lives in its rooms (and the somas in one room)."""
+    top = sorted(p.name for p in (repo / "snn_engine").glob("*.py"))
+    assert len(top) <= 10, top
+    rooms = {p.name for p in (repo / "snn_engine").iterdir() if (p / "__init__.py").is_file()}
+    assert {"protection", "training", "measure", "data"} <= rooms
+    somas = repo / "spiking_ssm" / "somas"
+    assert {"__init__.py", "lif_parallel.py", "lif_scan.py"} <= {p.name for p in somas.glob("*.py")}
+    assert "def make_ssm_neuron" in (somas / "__init__.py").read_text()
+    assert not (repo / "spiking_ssm" / "neurons.py").exists() and not (repo / "spiking_ssm" / "lif_parallel.py").exists()
 
 
 def _package(root: Path, files: dict[str, str]) -> Path:

@@ -16,9 +16,9 @@ import sys
 
 import pytest
 
-from spiking_ssm.kernels.offline import tools_dir
-from spiking_ssm.kernels.roofline import Access, wavefronts
-from spiking_ssm.kernels.sass import count_sass
+from kernel_model.offline import tools_dir
+from kernel_model.roofline import Access, wavefronts
+from kernel_model.sass import count_sass
 from tests.helpers import REPO
 
 ARCHS = ("80", "90")

@@ -3,8 +3,8 @@ code weighted by a plan's run frequency, load batches, spills, occupancy and the
 
 import pytest
 
-from spiking_ssm.kernels.roofline import Access, model, occupancy
-from spiking_ssm.kernels.sass import _parse, basic_blocks, count_sass
+from kernel_model.roofline import Access, model, occupancy
+from kernel_model.sass import _parse, basic_blocks, count_sass
 
 SOURCE = {1: "for start in range(0, L, BLOCK):", 2: "if rare:", 3: "x = 1"}
 
@@ -106,7 +106,7 @@ def test_chunked_macs_count_what_the_torch_path_multiplies(chunk, modes):
     from torch.utils.flop_counter import FlopCounterMode
 
     from spiking_ssm.chunked import chunk_operators, chunked_conv
-    from spiking_ssm.kernels.roofline import chunked_macs
+    from kernel_model.roofline import chunked_macs
 
     torch.manual_seed(0)
     batch, width, length = 2, 3, 8 * chunk
@@ -126,7 +126,7 @@ def test_chunked_macs_count_what_the_torch_path_multiplies(chunk, modes):
 def test_chunked_floor_orders_the_precisions():
     """At the benchmark's size (bidirectional, chunk 64, d_state 64) the floor is ~5.1 ms on FFMA and ~2.1 ms in
     tf32x3 (3 products per multiply-add), ~0.7 ms in one-pass tf32; float64 on DMMA runs at the FFMA rate."""
-    from spiking_ssm.kernels.roofline import chunked_floor_ms
+    from kernel_model.roofline import chunked_floor_ms
 
     floors = {p: chunked_floor_ms(64 * 256 * 8192, 64, 64, p) for p in ("ieee", "tf32x3", "tf32", "float64")}
     assert floors["tf32x3"] == pytest.approx(3 * floors["tf32"])

@@ -16,11 +16,11 @@ import torch
 from spikingjelly.activation_based import functional
 
 from snn_engine.errors import UserError
-from spiking_ssm import lif_scan
+from spiking_ssm.somas import lif_scan
 from spiking_ssm.backbone import SpikingSSMClassifier
 from spiking_ssm.layer import SpikingSSM
-from spiking_ssm.lif_parallel import ParallelLIFNeuron
-from spiking_ssm.neurons import make_ssm_neuron
+from spiking_ssm.somas.lif_parallel import ParallelLIFNeuron
+from spiking_ssm.somas import make_ssm_neuron
 from spiking_ssm.streaming import StreamingClassifier
 
 TAUS = [0.05, 0.125, 0.5, 0.9]
@@ -147,13 +147,13 @@ def test_cap_warns_and_finishes_sequentially(caplog):
     y = _currents(400, 8, 0.3, 1.0, torch.float64, seed=8)
     exact = _sj_lif(y, 0.7)
     capped = make_ssm_neuron("lif_parallel", tau=0.7, max_iters=1)
-    with caplog.at_level(logging.WARNING, logger="spiking_ssm.lif_parallel"):
+    with caplog.at_level(logging.WARNING, logger="spiking_ssm.somas.lif_parallel"):
         assert torch.equal(capped(y), exact)
     assert "neuron.max_iters=1" in caplog.text and "spikes in 24 rows still changing" in caplog.text
     assert "finished sequentially, exact" in caplog.text and capped.last_stats.finished == 24
     caplog.clear()
     loose = make_ssm_neuron("lif_parallel", tau=0.7, max_iters=1, finish_sequential=False)
-    with caplog.at_level(logging.WARNING, logger="spiking_ssm.lif_parallel"):
+    with caplog.at_level(logging.WARNING, logger="spiking_ssm.somas.lif_parallel"):
         assert not torch.equal(loose(y), exact)
     assert "left inexact" in caplog.text and "raise neuron.max_iters" in caplog.text
 
@@ -253,7 +253,7 @@ def test_training_logs_the_iterations_once_per_epoch(tmp_path, caplog):
     cfg = compose_train(["experiment=seq/shapes", "neuron=lif_parallel", "model.d_model=16", "model.n_layers=1",
                          "dataset.batch_size=4", "dataset.num_workers=0", "logger=none", "trainer.epochs=2",
                          "trainer.limit_train_batches=2", "trainer.limit_val_batches=1", "trainer.progress_bar=false"])
-    with caplog.at_level(logging.INFO, logger="snn_engine.trainer"):
+    with caplog.at_level(logging.INFO, logger="snn_engine.training.trainer"):
         run.train(cfg, tmp_path / "run")
     lines = [r.getMessage() for r in caplog.records if "scans_mean" in r.getMessage()]
     assert len(lines) == 2 and lines[0].startswith("epoch 0 backbone.blocks.0.layer.neuron: calls 2, scans_mean")

@@ -11,9 +11,9 @@ on every step (then the membrane is the sequential one bit for bit too); the bac
 import pytest
 import torch
 
-from spiking_ssm import lif_scan
+from spiking_ssm.somas import lif_scan
 from spiking_ssm.kernels import lif_fixed_point, runtime
-from spiking_ssm.neurons import make_ssm_neuron
+from spiking_ssm.somas import make_ssm_neuron
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 pytestmark = pytest.mark.skipif(runtime.triton_unavailable(DEVICE) is not None,

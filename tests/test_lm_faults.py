@@ -151,7 +151,7 @@ def lm_checkpoint(folder, data_root, carry_vocab: bool = True) -> str:
     vocabulary record the trainer stores (``data.checkpoint_extras()``) unless ``carry_vocab`` is false."""
     from omegaconf import OmegaConf
 
-    from snn_engine import checkpoint as ckpt_io
+    from snn_engine.protection import checkpoint as ckpt_io
     from snn_engine.run import build_model
     from tests.helpers import compose_train
 

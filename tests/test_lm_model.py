@@ -13,17 +13,17 @@ import torch.nn.functional as F
 from omegaconf import OmegaConf
 from spikingjelly.activation_based import functional
 
-from snn_engine import checkpoint as ckpt_io
+from snn_engine.protection import checkpoint as ckpt_io
 from snn_engine.errors import UserError
 from snn_engine.neurons import make_neuron
-from snn_engine.ops import OpCounter
-from snn_engine.optim import param_groups
+from snn_engine.measure.ops import OpCounter
+from snn_engine.training.optim import param_groups
 from snn_engine.run import build_model
 from spiking_ssm.lm import generate
 from spiking_ssm.lm.adaptive import AdaptiveInput, AdaptiveSoftmax, check_cutoffs
 from spiking_ssm.lm.language_model import WT103, WT103_REFERENCE_PARAMS, SpikingSSMLanguageModel, parameter_counts
 from spiking_ssm.lm.streaming import StreamingLanguageModel
-from spiking_ssm.neurons import make_ssm_neuron
+from spiking_ssm.somas import make_ssm_neuron
 from tests.helpers import compose_train
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -8,10 +8,10 @@ from spikingjelly.activation_based import functional
 from spikingjelly.activation_based.op_counter import DispatchCounterMode, SynOpCounter
 from torch import nn
 
-from snn_engine.ops import OpCounter
+from snn_engine.measure.ops import OpCounter
 from spiking_ssm.layer import SpikingSSM
 from spiking_ssm.mixing import FORMS, PointwiseConv1d, pointwise
-from spiking_ssm.neurons import make_ssm_neuron
+from spiking_ssm.somas import make_ssm_neuron
 
 
 def pair(form: str, bias: bool = True, dtype=torch.float64) -> tuple[nn.Conv1d, PointwiseConv1d]:

@@ -1,7 +1,7 @@
 """What users wrote before ``spiking_ssm`` was regrouped into ``sdn/`` and ``lm/`` (issue 17) keeps working.
 
 Checkpoints name the language model by its old class path (``spiking_ssm.language_model.SpikingSSMLanguageModel``);
-:mod:`snn_engine.moved_targets` renames it as the checkpoint is read, so it loads, generates and resumes like a new
+:mod:`snn_engine.protection.moved_targets` renames it as the checkpoint is read, so it loads, generates and resumes like a new
 one, and the old module is not kept as an alias. ``python -m spiking_ssm.generate`` and ``python -m
 spiking_ssm.pretrain_sdn`` say their new names in one line on stderr and run the new modules.
 """
@@ -16,9 +16,9 @@ import sys
 import pytest
 import torch
 
-from snn_engine import checkpoint as ckpt_io
-from snn_engine import trust
-from snn_engine.moved_targets import MOVED, update_targets
+from snn_engine.protection import checkpoint as ckpt_io
+from snn_engine.protection import trust
+from snn_engine.protection.moved_targets import MOVED, update_targets
 from tests.helpers import REPO, compose_train
 from tests.lm_fixtures import write_wikitext
 from tests.test_lm_faults import lm_checkpoint
@@ -27,24 +27,24 @@ OLD_LM = "spiking_ssm.language_model.SpikingSSMLanguageModel"
 NEW_LM = "spiking_ssm.lm.language_model.SpikingSSMLanguageModel"
 
 
-def test_every_moved_target_is_a_configured_class_and_its_old_module_is_gone():
+def test_every_moved_target_is_a_configured_callable_and_its_old_module_is_gone():
     assert MOVED[OLD_LM] == NEW_LM
     for old, new in MOVED.items():
         assert new in trust.config_targets() and old not in trust.config_targets()
         module, _, name = new.rpartition(".")
-        assert isinstance(getattr(importlib.import_module(module), name), type)
+        assert callable(getattr(importlib.import_module(module), name))  # a class or a factory function
         with pytest.raises(ModuleNotFoundError):  # no alias module left behind
             importlib.import_module(old.rpartition(".")[0])
 
 
 def test_update_targets_renames_moved_targets_only():
     state = {"model_target": OLD_LM, "model": {"w": torch.zeros(1)},
-             "config": {"model": {"_target_": OLD_LM, "note": OLD_LM}, "loss": {"_target_": "snn_engine.losses.TokenNLL"}},
+             "config": {"model": {"_target_": OLD_LM, "note": OLD_LM}, "loss": {"_target_": "snn_engine.training.losses.TokenNLL"}},
              "config_raw": {"callbacks": [{"_target_": OLD_LM}], "model": {"_target_": OLD_LM}}}
     updated = update_targets(state)
     assert updated is state and state["model_target"] == NEW_LM
     assert state["config"] == {"model": {"_target_": NEW_LM, "note": OLD_LM},  # only _target_ values change
-                               "loss": {"_target_": "snn_engine.losses.TokenNLL"}}
+                               "loss": {"_target_": "snn_engine.training.losses.TokenNLL"}}
     assert state["config_raw"] == {"callbacks": [{"_target_": NEW_LM}], "model": {"_target_": NEW_LM}}
     assert update_targets({"x": 1}) == {"x": 1}
 

@@ -1,5 +1,5 @@
 """NIR export of the folded sparse-MLP (mixer_snn.nir_export): the written graph, read back and simulated by
-SpikingJelly's import_from_nir (snn_engine.nir_replay), gives the unfolded model's eval logits in float64; only the
+SpikingJelly's import_from_nir (snn_engine.measure.nir_replay), gives the unfolded model's eval logits in float64; only the
 supported node types and SpikingJelly's neuron conventions appear; what NIR cannot express fails with a UserError."""
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from torch import nn
 from mixer_snn.fold import fold_model
 from mixer_snn.nir_export import NODE_TYPES, export_nir
 from snn_engine.errors import UserError
-from snn_engine.metrics import FiringRateMeter
-from snn_engine.nir_replay import logit_difference, replay_nir
+from snn_engine.measure.metrics import FiringRateMeter
+from snn_engine.measure.nir_replay import logit_difference, replay_nir
 from tests.mixer_fixtures import eval_logits
 from tests.mixer_fixtures import images as mixer_images
 from tests.mixer_fixtures import trained_like as mixer_trained_like

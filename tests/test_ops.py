@@ -1,4 +1,4 @@
-"""Tests of snn_engine.ops: exact AC/MAC counts against a brute-force loop, against SpikingJelly 2.0's SynOp
+"""Tests of snn_engine.measure.ops: exact AC/MAC counts against a brute-force loop, against SpikingJelly 2.0's SynOp
 counter, on a SpikingSSM classifier (full and ssm_paper conventions), energies, time steps and errors."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from spikingjelly.activation_based.op_counter import DispatchCounterMode, MACCou
 from torch import nn
 
 from snn_engine.errors import UserError
-from snn_engine.ops import (
+from snn_engine.measure.ops import (
     OpContext,
     OpCount,
     OpCounter,
@@ -25,7 +25,7 @@ from snn_engine.ops import (
     steps_in,
 )
 from spiking_ssm.backbone import SpikingSSMClassifier
-from spiking_ssm.neurons import make_ssm_neuron
+from spiking_ssm.somas import make_ssm_neuron
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

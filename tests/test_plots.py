@@ -1,4 +1,4 @@
-"""Tests of snn_engine.probe (spikes and membranes of one input) and snn_engine.plots (evaluation PNGs), on a
+"""Tests of snn_engine.measure.probe (spikes and membranes of one input) and snn_engine.measure.plots (evaluation PNGs), on a
 tiny sparse-MLP and a tiny SpikingSSM classifier: spikes against an independent forward hook, membranes
 against an exact iterative LIF (float64), rate along time, restored flags, and valid PNG files."""
 
@@ -13,12 +13,12 @@ from spikingjelly.activation_based.neuron import BaseNode
 
 import mixer_snn
 from snn_engine.errors import UserError
-from snn_engine.metrics import FiringRateMeter, is_spiking
+from snn_engine.measure.metrics import FiringRateMeter, is_spiking
 from snn_engine.neurons import make_neuron
-from snn_engine.plots import plot_firing_rates, plot_membranes, plot_raster, plot_rate_along_time, write_eval_figures
-from snn_engine.probe import record_activity
+from snn_engine.measure.plots import plot_firing_rates, plot_membranes, plot_raster, plot_rate_along_time, write_eval_figures
+from snn_engine.measure.probe import record_activity
 from spiking_ssm.backbone import SpikingSSMClassifier
-from spiking_ssm.neurons import make_ssm_neuron
+from spiking_ssm.somas import make_ssm_neuron
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

@@ -9,7 +9,7 @@ import torch
 from spikingjelly.activation_based.functional import reset_net
 
 from mixer_snn.model import sparse_mlp_tiny
-from snn_engine import spike_memory
+from snn_engine.training import spike_memory
 from snn_engine.neurons import make_neuron
 from tests.helpers import loss_and_saved_bytes
 

@@ -10,7 +10,7 @@ import torch
 from spikingjelly.activation_based import functional
 
 from snn_engine.errors import UserError
-from spiking_ssm.neurons import SDNNeuron, SLTTLIFNeuron, make_ssm_neuron
+from spiking_ssm.somas import SDNNeuron, SLTTLIFNeuron, make_ssm_neuron
 from spiking_ssm.sdn.lif_traces import generate_traces, lif_reference, lif_time_major
 from spiking_ssm.sdn.network import SDN, ReducedSDN, load_reduced, reduce_sdn, save_reduced
 from spiking_ssm.sdn.packaged import packaged_weights

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from snn_engine import run_folder
+from snn_engine.protection import run_folder
 from snn_engine.errors import UserError
 from spiking_ssm.sdn import destination
 from spiking_ssm.sdn.packaged import WEIGHTS_DIR, packaged_weights

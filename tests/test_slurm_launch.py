@@ -11,7 +11,7 @@ import sys
 import pytest
 from hydra import compose, initialize_config_dir
 
-from snn_engine.distributed import export_submitit_env
+from snn_engine.training.distributed import export_submitit_env
 from tests.helpers import REPO
 
 pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="the slurm extra is not installed")

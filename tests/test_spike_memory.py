@@ -10,10 +10,10 @@ import torch
 import torch.nn.functional as F
 
 from mixer_snn.model import sparse_mlp_tiny
-from snn_engine import spike_memory
+from snn_engine.training import spike_memory
 from snn_engine.errors import UserError
 from snn_engine.neurons import make_neuron
-from snn_engine.spike_memory import spike_input
+from snn_engine.training.spike_memory import spike_input
 from tests.helpers import loss_and_saved_bytes
 
 

@@ -14,7 +14,7 @@ from torch import nn
 
 from snn_engine.errors import UserError
 from snn_engine.neurons import make_neuron
-from snn_engine.optim import param_groups
+from snn_engine.training.optim import param_groups
 from spiking_ssm.backbone import (
     PRESETS, SpikingSSMClassifier, SpikingSSMRetrieval, build_preset, n_backbone_params,
 )
@@ -430,7 +430,7 @@ def test_argument_errors_and_half_precision_conv():
 
 
 class _LeakLIF(nn.Module):
-    """A SpikingSSM-convention neuron (``tau`` is the leak factor), like spiking_ssm.neurons' sdn/sltt."""
+    """A SpikingSSM-convention neuron (``tau`` is the leak factor), like spiking_ssm.somas' sdn/sltt."""
 
     tau = 0.125
 

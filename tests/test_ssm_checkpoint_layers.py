@@ -11,7 +11,7 @@ import torch
 from spikingjelly.activation_based.functional import reset_net
 
 from spiking_ssm.backbone import SpikingSSMClassifier
-from spiking_ssm.neurons import make_ssm_neuron
+from spiking_ssm.somas import make_ssm_neuron
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

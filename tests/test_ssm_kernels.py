@@ -16,7 +16,7 @@ from snn_engine.neurons import select_implementation
 from spiking_ssm.kernels import launch, runtime
 from spiking_ssm.kernels.vandermonde import fused_vandermonde_kernel
 from spiking_ssm.layer import SpikingSSM
-from spiking_ssm.neurons import SDNNeuron, SLTTLIFNeuron, make_ssm_neuron
+from spiking_ssm.somas import SDNNeuron, SLTTLIFNeuron, make_ssm_neuron
 from spiking_ssm.s4d import S4DKernel, fft_conv, vandermonde_kernel
 from spiking_ssm.sdn.network import SDN, reduce_sdn
 

@@ -8,7 +8,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
-from snn_engine.distributed import GlooSyncBatchNorm, cleanup, convert_sync_batchnorm
+from snn_engine.training.distributed import GlooSyncBatchNorm, cleanup, convert_sync_batchnorm
 
 
 def _free_port() -> int:

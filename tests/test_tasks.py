@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from snn_engine.errors import UserError
-from snn_engine.losses import TimeAveragedCrossEntropy, TokenNLL
-from snn_engine.metrics import TokenMeter
+from snn_engine.training.losses import TimeAveragedCrossEntropy, TokenNLL
+from snn_engine.measure.metrics import TokenMeter
 from snn_engine.tasks import IGNORE_INDEX, ClassificationTask, LanguageModelTask, resolve_monitor, task_for
 
 

@@ -7,7 +7,7 @@ import torch
 
 from snn_engine import run
 from snn_engine.errors import UserError
-from snn_engine.evaluation import evaluate_model
+from snn_engine.training.evaluation import evaluate_model
 from tests.helpers import TINY, compose_train, load_weights, read_summary, run_cli
 
 
@@ -142,7 +142,7 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
 
 def test_ema_accumulation_and_eval_of_ema_weights(tmp_path, caplog):
     cfg = TINY + ["trainer.epochs=1", "trainer.grad_accum=2", "trainer.ema_decay=0.5", "trainer.grad_clip=1.0"]
-    with caplog.at_level("INFO", logger="snn_engine.trainer"):
+    with caplog.at_level("INFO", logger="snn_engine.training.trainer"):
         summary = run.train(compose_train(cfg), tmp_path / "t")
     ema_acc = summary["final"]["val_ema/acc1"]
     assert any("; EMA weights: loss" in r.getMessage() and f"acc1 {ema_acc:.2f}" in r.getMessage() for r in caplog.records)

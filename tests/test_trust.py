@@ -26,7 +26,8 @@ from hypothesis import strategies as st
 from omegaconf import OmegaConf
 from omegaconf.basecontainer import BaseContainer
 
-from snn_engine import run, trust
+from snn_engine import run
+from snn_engine.protection import trust
 from snn_engine.errors import UserError
 from tests import canary
 
@@ -291,7 +292,7 @@ def test_a_whole_section_behind_oc_select_is_checked_after_resolution(section, t
 def test_switches_are_those_of_hydra_and_conf_uses_only_partial():
     assert {key.value for key in _Keys} == {"_target_", *trust.SWITCHES}
     assert {(s, v) for _, s, v in trust.config_switches()} == {("_partial_", True)}
-    assert {t for t, _, _ in trust.config_switches()} >= {NEURON, "torch.optim.AdamW", "snn_engine.optim.warmup_cosine"}
+    assert {t for t, _, _ in trust.config_switches()} >= {NEURON, "torch.optim.AdamW", "snn_engine.training.optim.warmup_cosine"}
     config = base_config()
     config["neuron"]["_partial_"] = 1  # equal to True, but not what conf/ writes
     assert "neuron._partial_=1 is a Hydra switch that no conf/ file uses" in load(config, [])
@@ -338,7 +339,7 @@ def test_data_attributes_are_public_plain_values():
 
 def test_resuming_compares_a_crafted_config_and_builds_nothing_from_it(tmp_path):
     """A resumed run builds from its command line's config; the checkpoint's config is only compared with it."""
-    from snn_engine import checkpoint as ckpt_io
+    from snn_engine.protection import checkpoint as ckpt_io
     from tests.helpers import compose_train
 
     crafted = base_config()

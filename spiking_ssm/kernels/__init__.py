@@ -9,7 +9,10 @@
   interpreter, ``TRITON_INTERPRET=1``) and the one-line errors when it cannot;
 - :mod:`spiking_ssm.kernels.launch`: FP fusion pinned on, no autotuning inside CUDA-graph capture, TF32 off for
   references;
-- :mod:`spiking_ssm.kernels.offline`, :mod:`~spiking_ssm.kernels.sass`, :mod:`~spiking_ssm.kernels.plans`,
-  :mod:`~spiking_ssm.kernels.roofline`: every kernel compiled for sm_80/sm_90 without a GPU, its SASS counted and
-  its H100 time modelled (``benchmarks/kernel_budget.py``, ``tests/test_kernel_compile.py``).
+- the chunked current path (:mod:`spiking_ssm.kernels.chunked_conv`) and the SDN soma fused behind it
+  (:mod:`spiking_ssm.kernels.chunked_soma`), the exact LIF soma (:mod:`spiking_ssm.kernels.lif_fixed_point`).
+
+Only what a run launches lives here. The tools that compile every kernel for sm_80/sm_90 without a GPU, count its
+SASS and model its H100 time are the separate package :mod:`kernel_model` (``benchmarks/kernel_budget.py``,
+``tests/test_kernel_compile.py``); nothing in this package imports it.
 """

@@ -12,7 +12,7 @@ from the chunk before:
    iteration is triangular (``h_t`` depends on ``s_{<t}`` only), so it settles in at most ``BLOCK + 1`` scans, in a
    few from a good guess. Memory is read and written once: the iterations run on registers.
 2. rounding: a spike whose scanned membrane is within ``margin`` of the threshold (the scan rounds differently from
-   the sequential neuron; see :func:`spiking_ssm.lif_scan.rounding_margin`) is settled by the sequential neuron's own
+   the sequential neuron; see :func:`spiking_ssm.somas.lif_scan.rounding_margin`) is settled by the sequential neuron's own
    float map ``h_t = tau u_{t-1} + y_t`` (a mul and an add, launched without FMA contraction so it rounds as the
    torch loop does), iterated on the chunk until its membrane is bitwise fixed, i.e. the sequential run's, from
    the latest spike before the first doubtful step (a hard reset makes the state exactly 0), reaching back into
@@ -21,7 +21,7 @@ from the chunk before:
 
 The result equals the sequential LIF in the rows' dtype exactly (float32 or float64). Per row the kernel counts
 the most scans a chunk took, the float-map steps, capped chunks (and their spikes still changing) and the
-sequential steps taken: :func:`fixed_point` returns them as :class:`~spiking_ssm.lif_scan.FixedPointStats`.
+sequential steps taken: :func:`fixed_point` returns them as :class:`~spiking_ssm.somas.lif_scan.FixedPointStats`.
 
 :func:`bptt_gradient` (``_reverse_scan_kernel``): ``g_t = grad_t sg'(h_t - 1) + tau (1 - s_t) g_{t+1}``, the
 surrogate factor computed from the saved membrane in the same pass as the reversed scan. Both tested against the
@@ -35,7 +35,7 @@ import math
 
 import torch
 
-from spiking_ssm import lif_scan
+from spiking_ssm.somas import lif_scan
 from spiking_ssm.kernels.runtime import triton
 
 BLOCK = 512  # time steps per chunk (fewer for shorter rows)
@@ -251,7 +251,7 @@ def fixed_point(y: torch.Tensor, guess: torch.Tensor | None, tau: float, max_ite
     doubtful band around the threshold (tests use it to send many steps through the float map; any value gives
     the same spikes); ``block`` sets the chunk length (default :func:`block_for`; tests use short chunks to cross
     many chunk boundaries cheaply). Returns ``(spikes, h, stats)``. The doubtful band is
-    :func:`spiking_ssm.lif_scan.rounding_margin` with the chunk's carry (which passes its rounding on, decayed by
+    :func:`spiking_ssm.somas.lif_scan.rounding_margin` with the chunk's carry (which passes its rounding on, decayed by
     ``tau`` per step) and the peak ``|h| <= max|y| / (1 - tau)``, ``max|y|`` taken over the steps so far."""
     y = y if y.stride(-1) == 1 else y.contiguous()  # rows may be apart: the layer's currents are an FFT slice
     n, length = y.shape
@@ -270,7 +270,7 @@ def fixed_point(y: torch.Tensor, guess: torch.Tensor | None, tau: float, max_ite
 
 
 def _stats(per_row: torch.Tensor, n: int, length: int, finish: bool, block: int) -> lif_scan.FixedPointStats:
-    """The kernel's per-row counts as the torch driver's :class:`~spiking_ssm.lif_scan.FixedPointStats` (one host
+    """The kernel's per-row counts as the torch driver's :class:`~spiking_ssm.somas.lif_scan.FixedPointStats` (one host
     read of the totals): ``row_scans`` = the most scans a chunk of the row took, ``row_polish`` = float-map steps."""
     per_row = per_row.long()
     stats = lif_scan.FixedPointStats(per_row[:, 0], per_row[:, 2], chunk_scans=per_row[:, 1])
@@ -291,7 +291,7 @@ def bptt_gradient(grad_spikes: torch.Tensor, h: torch.Tensor, spikes: torch.Tens
                   alpha: float) -> torch.Tensor:
     """``dL/dy [N, L]`` of rows with pre-reset membrane ``h`` and ``spikes`` (bool), the reset detached: the
     surrogate factor (SpikingJelly ``PiecewiseQuadratic(alpha)``) and the reverse scan in one pass (see
-    :func:`spiking_ssm.lif_scan.bptt_gradient`)."""
+    :func:`spiking_ssm.somas.lif_scan.bptt_gradient`)."""
     grad = grad_spikes.to(h.dtype).contiguous()
     out = torch.empty_like(h)
     n, length = h.shape

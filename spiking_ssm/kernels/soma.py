@@ -18,7 +18,7 @@ multiply: the SDN soma passes no gradient through its membrane estimate, and SLT
 Arithmetic is float32 (float64 for float64 inputs); spikes and factors are stored in the input's dtype. On CUDA the
 launch sizes are autotuned once per power-of-two class of rows and of length (``N_CLASS``, ``L_CLASS``: batches
 padded to their own length do not retune at every new length).
-The torch references are :class:`spiking_ssm.neurons.SDNNeuron` and :class:`SLTTLIFNeuron` with
+The torch references are :class:`spiking_ssm.somas.SDNNeuron` and :class:`SLTTLIFNeuron` with
 ``implementation="torch"``; tests compare them through Triton's CPU interpreter.
 """
 

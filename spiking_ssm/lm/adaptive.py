@@ -49,7 +49,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from snn_engine.errors import UserError
-from snn_engine.ops import OpContext, OpCount
+from snn_engine.measure.ops import OpContext, OpCount
 
 IGNORE_INDEX = -100
 

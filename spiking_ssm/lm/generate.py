@@ -13,11 +13,11 @@ vocabulary become ``<unk>`` with a warning (an error when the vocabulary has no 
 from ``<eos>``. The prompt runs through :class:`~spiking_ssm.lm.streaming.StreamingLanguageModel`, then each
 sampled token is fed back. ``temperature=0`` is greedy decoding, any other temperature must be a finite number > 0;
 ``top_k=0`` samples from the whole vocabulary. ``max_new_tokens`` and ``top_k`` are at most 2**31 - 1 and ``seed`` lies
-in [0, 2**32 - 1] (:mod:`snn_engine.bounds`).
+in [0, 2**32 - 1] (:mod:`snn_engine.protection.bounds`).
 
 Printed: the prompt and its continuation, word by word as they are sampled (flushed), then tokens/s of the decoding
 loop, spikes per generated token (all somas) and energy per generated token (the SpikingSSM paper's convention,
-``snn_engine.ops`` ``ssm_paper``: ACs of the 1x1 mixing convs at 0.9 pJ; beside it the dense ANN twin of the same
+``snn_engine.measure.ops`` ``ssm_paper``: ACs of the 1x1 mixing convs at 0.9 pJ; beside it the dense ANN twin of the same
 layers at 4.6 pJ per MAC), and beside it the memory-inclusive energy per generated token
 (:mod:`spiking_ssm.lm.stream_energy`: SpikingJelly's SimpleEnergy on a replay of the decoding steps, weight and
 state traffic included). Errors
@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from snn_engine.bounds import SEED_MAX, SIZE_MAX
+from snn_engine.protection.bounds import SEED_MAX, SIZE_MAX
 from snn_engine.errors import UserError
 
 if TYPE_CHECKING:

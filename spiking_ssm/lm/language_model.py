@@ -13,7 +13,7 @@ state through :meth:`SpikingSSMLanguageModel.log_probs_last`.
 Like every SpikingSSM model with a stateful soma (``neuron=lif``), call ``spikingjelly...functional.reset_net``
 between independent forward calls (the engine does).
 
-Optimizer groups (:func:`snn_engine.optim.param_groups`, unchanged): the S4D ``log_dt``/``log_A_real``/``A_imag``
+Optimizer groups (:func:`snn_engine.training.optim.param_groups`, unchanged): the S4D ``log_dt``/``log_A_real``/``A_imag``
 carry the SSM hint (lr 1e-3, no weight decay); embedding tables, projections, cluster weights, C, D, thresholds and
 mixing convs get the global weight decay (0.1 in the reference recipe); LayerNorm parameters and biases get none.
 The reference (s4's ``add_optimizer_hooks`` applies to the backbone only) also decays the adaptive softmax's output

@@ -10,7 +10,7 @@ the data set of its config, with a warning.
 
 Everything the config names (model, neuron and, for old checkpoints, data ``_target_``s) is imported and built in
 one function, :func:`build_from_config`, from the config of :func:`snn_engine.run.checkpoint_config` (resolved and
-checked by :mod:`snn_engine.trust`; checked again here as given, so no unchecked config is built from). Override keys
+checked by :mod:`snn_engine.protection.trust`; checked again here as given, so no unchecked config is built from). Override keys
 (``section.key=value``) must exist in the stored config (``+section.key=value`` adds one); a misspelt key is a
 one-line error with the closest existing key.
 """
@@ -21,7 +21,7 @@ import warnings
 
 from omegaconf import DictConfig, OmegaConf
 
-from snn_engine import checkpoint as ckpt_io
+from snn_engine.protection import checkpoint as ckpt_io
 from snn_engine.data.language.record import RECORD_KEY, vocab_from_record
 from snn_engine.errors import UserError
 from spiking_ssm.lm.language_model import SpikingSSMLanguageModel
@@ -68,7 +68,7 @@ def build_from_config(cfg: DictConfig, state: dict, source: object) -> tuple[Spi
     from hydra.utils import get_class
 
     from snn_engine.run import build_model  # the engine's restore path (heavy import)
-    from snn_engine.trust import require_resolved
+    from snn_engine.protection.trust import require_resolved
 
     require_resolved(cfg, str(source))  # cfg is checkpoint_config's: resolved and checked; nothing imported before
     target = OmegaConf.select(cfg, "model._target_")

@@ -7,7 +7,7 @@ the aten ops of each step, and its memory counter on the ``nn.Linear``/``nn.Conv
 same spikes, so the decoding loop's tokens/s is measured without the counters.
 
 What the step does outside SpikingJelly's view is counted per token with our rules (:func:`streaming_lines`, the
-rules of :mod:`snn_engine.energy_unseen`) and priced in SimpleEnergy's units (45 nm Horowitz: 4.6 pJ per MAC,
+rules of :mod:`snn_engine.measure.energy_unseen`) and priced in SimpleEnergy's units (45 nm Horowitz: 4.6 pJ per MAC,
 0.9 pJ per AC, 24.96 pJ per byte): per layer and sequence, the S4D recurrence (``4 N + 2`` MACs per channel, as
 :meth:`spiking_ssm.layer.SpikingSSM.count_ops`, and one read of its ``4 N + 2`` parameters), the S4D state
 (``N`` reals read and written per channel), the soma membrane (one float read and written per channel: the
@@ -22,8 +22,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from snn_engine.energy_estimators import CATEGORIES, price_unseen
-from snn_engine.ops import OpContext
+from snn_engine.measure.energy_estimators import CATEGORIES, price_unseen
+from snn_engine.measure.ops import OpContext
 from spiking_ssm.lm.language_model import SpikingSSMLanguageModel
 
 BYTES = 4  # float32 values (complex64 S4D modes: two of them)
@@ -36,7 +36,7 @@ def _record(kind: str, layer: str, category: str, mac=0.0, nbytes=0.0, capacity=
 
 def streaming_lines(model: SpikingSSMLanguageModel, token: torch.Tensor) -> dict[str, dict]:
     """Our records for one streaming step of one sequence on ``token`` [1] (module docstring), in the format of
-    :meth:`snn_engine.energy_unseen.UnseenCounter.lines`."""
+    :meth:`snn_engine.measure.energy_unseen.UnseenCounter.lines`."""
     records = {}
     ctx = OpContext(time_steps=1, batch_size=1)
     for k, block in enumerate(model.backbone.blocks):

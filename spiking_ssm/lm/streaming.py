@@ -8,7 +8,7 @@ forward.
 
 Every step also counts what the network did for that token: spikes of all somas and the accumulates (ACs) of the
 mixing convs (each spike meets the 2H weights of its input channel): the SpikingSSM paper's energy convention
-(``snn_engine.ops``, ``convention="ssm_paper"``: E_AC = 0.9 pJ; its dense ANN twin does 2H * H MACs per layer at
+(``snn_engine.measure.ops``, ``convention="ssm_paper"``: E_AC = 0.9 pJ; its dense ANN twin does 2H * H MACs per layer at
 E_MAC = 4.6 pJ).
 """
 
@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 
 from snn_engine.errors import UserError
-from snn_engine.ops import E_AC_PJ, E_MAC_PJ
+from snn_engine.measure.ops import E_AC_PJ, E_MAC_PJ
 from spiking_ssm.lm.language_model import SpikingSSMLanguageModel
 from spiking_ssm.streaming import LIFConstants, StreamingBlock
 

@@ -9,7 +9,7 @@
 - :mod:`~spiking_ssm.sdn.layer_currents`: soma currents recorded from real SpikingSSM layers;
 - :mod:`~spiking_ssm.sdn.agreement`: the spike-agreement suite (``python -m spiking_ssm.sdn.agreement``).
 
-Training runs import only ``network`` and ``packaged`` (through :mod:`spiking_ssm.neurons`); the rest is the
+Training runs import only ``network`` and ``packaged`` (through :mod:`spiking_ssm.somas`); the rest is the
 making and measuring of the packaged weights. Nothing is imported here, so ``import spiking_ssm.sdn.network``
 stays light.
 """

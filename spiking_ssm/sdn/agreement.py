@@ -27,7 +27,7 @@ from typing import Callable
 import torch
 
 from snn_engine.errors import UserError
-from snn_engine.strict_args import StrictArgumentParser
+from snn_engine.protection.strict_args import StrictArgumentParser
 from spiking_ssm.sdn.layer_currents import SOURCES, source_currents
 from spiking_ssm.sdn.lif_traces import lif_reference
 from spiking_ssm.sdn.network import ReducedSDN, load_reduced

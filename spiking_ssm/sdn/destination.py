@@ -1,7 +1,7 @@
 """Where ``python -m spiking_ssm.sdn.pretrain`` writes its ``.pt`` and ``.json``, decided and checked before training.
 
 - default: a new run folder ``<output>/sdn/<time>_<6 hex>/sdn_tau<tau>.pt``, where ``<output>`` is ``$SNN_OUTPUT`` or
-  ``outputs`` (as ``paths.output`` of ``train.py``), made exclusively (:func:`snn_engine.run_folder.new_folder`), so
+  ``outputs`` (as ``paths.output`` of ``train.py``), made exclusively (:func:`snn_engine.protection.run_folder.new_folder`), so
   two runs never share one;
 - ``--out PATH.pt``: that file; its folder must be writable (made if missing), ``PATH.pt`` and ``PATH.json`` must not
   exist unless ``--overwrite``, and it may not lie in the packaged weights' folder;
@@ -23,9 +23,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-from snn_engine import run_folder
+from snn_engine.protection import run_folder
 from snn_engine.errors import UserError
-from snn_engine.file_errors import file_in_the_way, why
+from snn_engine.protection.file_errors import file_in_the_way, why
 from spiking_ssm.sdn.packaged import WEIGHTS_DIR, packaged_weights
 
 

@@ -29,9 +29,9 @@ from torch import nn
 
 from snn_engine.data.sequence.seq_mnist import SeqMNIST, SeqShapes
 from snn_engine.errors import UserError
-from snn_engine.optim import param_groups
+from snn_engine.training.optim import param_groups
 from spiking_ssm.backbone import SpikingSSMClassifier
-from spiking_ssm.neurons import make_ssm_neuron
+from spiking_ssm.somas import make_ssm_neuron
 
 SOURCES = ("shapes-rows", "shapes-pixels", "smnist")
 SHARED_DATA = Path("/work/shared/data")  # this workplace's shared data folder, the last place looked in

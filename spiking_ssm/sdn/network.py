@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from snn_engine.errors import UserError
-from snn_engine.torch_files import load_plain
+from snn_engine.protection.torch_files import load_plain
 
 WIDTH = 8
 KERNEL = 8

@@ -2,7 +2,7 @@
 
 Each packaged file ``sdn_tau<tau>.pt`` holds the 153 numbers of a :class:`~spiking_ssm.sdn.network.ReducedSDN` for
 one membrane leak ``tau``; the ``.json`` beside it records its sha256 and the command that made it. Both the SDN
-soma (:mod:`spiking_ssm.neurons`) and the exact parallel LIF (:mod:`spiking_ssm.lif_parallel`, whose first guess
+soma (:mod:`spiking_ssm.somas`) and the exact parallel LIF (:mod:`spiking_ssm.somas.lif_parallel`, whose first guess
 the SDN gives) look weights up here, so this module sits below both of them.
 """
 

@@ -56,10 +56,10 @@ from pathlib import Path
 
 import torch
 
-from snn_engine.bounds import SEED_MAX, SIZE_MAX
+from snn_engine.protection.bounds import SEED_MAX, SIZE_MAX
 from snn_engine.errors import UserError
-from snn_engine.file_errors import why
-from snn_engine.strict_args import StrictArgumentParser
+from snn_engine.protection.file_errors import why
+from snn_engine.protection.strict_args import StrictArgumentParser
 from spiking_ssm.sdn import destination as dest
 from spiking_ssm.sdn.agreement import SUITE_SEED, format_table, run_suite
 from spiking_ssm.sdn.data import make_traces
