@@ -49,13 +49,27 @@ def test_update_targets_renames_moved_targets_only():
     assert update_targets({"x": 1}) == {"x": 1}
 
 
+def _old_paths(node, renamed: list):
+    """``node`` with every ``_target_`` that has moved put back at its old path (recorded in ``renamed``)."""
+    before = {new: old for old, new in MOVED.items()}
+    if isinstance(node, dict):
+        return {k: (before[v] if k == "_target_" and v in before and not renamed.append(v) else _old_paths(v, renamed))
+                for k, v in node.items()}
+    if isinstance(node, list):
+        return [_old_paths(v, renamed) for v in node]
+    return node
+
+
 def _as_written_before_the_move(path, out):
-    """A copy of checkpoint ``path`` whose class paths are the pre-issue-17 ones."""
+    """A copy of checkpoint ``path`` whose class paths are the old ones: the model's before issue 17, the loss's,
+    the scheduler's and the soma factory's before issue 26."""
     state = torch.load(path, map_location="cpu", weights_only=True)
     assert state["model_target"] == NEW_LM
     state["model_target"] = OLD_LM
     for key in ("config", "config_raw"):
-        state[key]["model"]["_target_"] = OLD_LM
+        renamed = []
+        state[key] = _old_paths(state[key], renamed)
+        assert {NEW_LM, "snn_engine.training.losses.TokenNLL", "snn_engine.training.optim.warmup_cosine"} <= set(renamed)
     torch.save(state, out)
     return out
 
