@@ -108,7 +108,7 @@ class LeakLIFNode(_Float32State, sj_neuron.BaseNode):
                          surrogate_function=surrogate_function or sj_surrogate.PiecewiseQuadratic(alpha=1.0),
                          detach_reset=bool(detach_reset), step_mode=step_mode, store_v_seq=store_v_seq)
         self.leak = leak
-        self.last_implementation: str | None = None  # read by snn_engine.kernel_usage
+        self.last_implementation: str | None = None  # read by snn_engine.measure.kernel_usage
 
     def implementation_for(self, device: torch.device, dtype: torch.dtype = torch.float32) -> str:
         """The same on every device (reported by :func:`select_implementation`)."""

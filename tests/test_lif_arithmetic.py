@@ -15,9 +15,9 @@ import pytest
 import torch
 from spikingjelly.activation_based import functional, monitor
 
-from snn_engine import resume_contract
+from snn_engine.protection import resume_contract
 from snn_engine.errors import UserError
-from snn_engine.kernel_usage import ImplementationCounter
+from snn_engine.measure.kernel_usage import ImplementationCounter
 from snn_engine.neurons import LeakLIFNode, LIFNode, make_neuron, select_implementation
 from spiking_ssm.somas import lif_scan
 from spiking_ssm.backbone import SpikingSSMClassifier
