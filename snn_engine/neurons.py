@@ -182,7 +182,8 @@ def make_neuron(
 def _check_leak(kind: str, tau: float, decay_input: bool, v_reset, implementation: str, leak: float) -> None:
     """A :class:`UserError` unless ``neuron.leak`` describes the same neuron as the other settings."""
     if kind != "lif":
-        raise UserError(f"neuron.leak is for neuron.kind=lif (u <- leak * u + x), not {kind!r}; set neuron.leak=null")
+        raise UserError(f"neuron.leak is for neuron.kind=lif (u <- leak * u + x), not {kind!r}; "
+                        "set neuron.leak=null")
     if decay_input or v_reset is None or float(v_reset) != 0.0:
         raise UserError("neuron.leak (u <- leak * u + x) needs neuron.decay_input=false and neuron.v_reset=0.0 "
                         "(hard reset to 0); set neuron.leak=null for SpikingJelly's LIF with these settings")

@@ -52,9 +52,10 @@ def landed(y: torch.Tensor, kind: torch.Tensor, tau: float) -> torch.Tensor:
 
 
 def non_finite_rows(dtype: torch.dtype, length: int = 120, seed: int = 1) -> torch.Tensor:
-    """``[8, length]`` currents in ``dtype``: rows 0-3 are on-threshold currents at tau 0.9 (:func:`on_threshold_currents`),
-    row 4 has a NaN at step 30, row 5 a ``+inf`` at 40, row 6 ``-inf`` at 10 and ``+inf`` at 70, row 7 a current of half
-    the dtype's largest number at 5 and minus the largest at 6; rows 4-7 are 2.0 elsewhere (a spike every step)."""
+    """``[8, length]`` currents in ``dtype``: rows 0-3 are on-threshold currents at tau 0.9
+    (:func:`on_threshold_currents`), row 4 has a NaN at step 30, row 5 a ``+inf`` at 40, row 6 ``-inf`` at 10 and
+    ``+inf`` at 70, row 7 a current of half the dtype's largest number at 5 and minus the largest at 6; rows 4-7 are
+    2.0 elsewhere (a spike every step)."""
     y = torch.full((8, length), 2.0, dtype=dtype)
     y[:4] = on_threshold_currents(0.9, dtype, 4, length, seed)[0]
     big = torch.finfo(dtype).max

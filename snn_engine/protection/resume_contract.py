@@ -35,7 +35,7 @@ ANY = object()
 # in the new one, resolving to the value that reproduces what older runs ran (ANY: read only through a key
 # compared on its own) is no change.
 ADDED = {
-    "neuron.leak": None,  # issue 24: SpikingSSM's lif in the paper's arithmetic; null is SpikingJelly's LIF, as before
+    "neuron.leak": None,  # issue 24: SpikingSSM's lif in the paper's arithmetic; null: SpikingJelly's LIF, as before
     "neuron_profiles.spiking_ssm.leak": ANY,  # read only through neuron.leak
 }
 

@@ -164,9 +164,9 @@ class ParallelLIFNeuron(base.MemoryModule):
                                                             if stats.capped_changes >= 0 else "") if stats.finished
                         else "; left inexact (neuron.finish_sequential=false): raise neuron.max_iters")
         elif stats.capped:  # only rounding bits were left (tau near 1 in float32): finished sequentially
-            warnings.warn(f"lif_parallel soma reached neuron.max_iters={self.max_iters} in its rounding-exact phase: "
-                          f"{'; '.join(stats.notes)} (of {rows.shape[0]} rows, length {rows.shape[1]}); finished "
-                          "sequentially from the first doubtful step, exact but slower", ExactLIFCapWarning,
+            warnings.warn(f"lif_parallel soma reached neuron.max_iters={self.max_iters} in its rounding-exact "
+                          f"phase: {'; '.join(stats.notes)} (of {rows.shape[0]} rows, length {rows.shape[1]}); "
+                          "finished sequentially from the first doubtful step, exact but slower", ExactLIFCapWarning,
                           stacklevel=2)
         if self.training:
             self._epoch.add(stats)

@@ -83,7 +83,7 @@ def float_map(h: torch.Tensor, y: torch.Tensor, tau: float, theta) -> torch.Tens
 
 
 def reset(h: torch.Tensor, theta) -> torch.Tensor:
-    """The post-reset membrane ``u = h * (1 - [h >= theta])`` (the paper's reset; ``+inf`` gives ``inf * 0 = NaN``)."""
+    """The post-reset membrane ``u = h * (1 - [h >= theta])``: the paper's reset (``+inf`` gives ``inf * 0 = NaN``)."""
     return h * (h < theta).to(h.dtype)
 
 
@@ -123,7 +123,7 @@ class FixedPointStats:
     notes: list[str] = field(default_factory=list)
     chunk_scans: torch.Tensor | None = None  # fused kernel only: scans over all chunks of each row
     sweeps: int = 0  # fused kernel only: sequential sweeps taken (over all chunks)
-    extreme: int = 0  # rows (fused kernel: chunks) with non-finite or huge currents, run sequentially
+    extreme: int = 0  # rows with non-finite or huge currents, run sequentially (fused kernel: flagged by it)
     extended: int = 0  # torch only: sweeps whose regular firing was continued to the row's end
 
     @property
