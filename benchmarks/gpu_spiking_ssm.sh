@@ -13,7 +13,8 @@
 #      exact soma at L = 1K and 8K, part by part (S4D kernel, current path, soma, the mixing in its four forms), in
 #      float32 and under autocast, and the mixing forms' copies/transposes under the profiler (about 1 minute);
 #   5. two epochs of sequential MNIST with the SDN soma and with SpikingJelly's LIF (sequences/s, accuracy), and the
-#      embedded language model trained with sdn, lif_parallel and lif (float32, so that lif_parallel stays exact).
+#      embedded language model trained with sdn, lif_parallel and lif (float32, so that lif_parallel stays exact;
+#      lif: the paper's arithmetic in a torch loop since issue 24).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${OUT:-gpu_logs}
@@ -38,8 +39,9 @@ for amp in "" --amp; do
 done
 python3 -m benchmarks.layer_parts --profile --batch 64 --width 256 --length 8192 > "$out/mixing_profile.txt" 2>&1
 data=${DATA:-.gpu/data}
-for soma in sdn lif; do
-  python3 train.py experiment=seq/smnist neuron=$soma trainer=gpu trainer.epochs=2 logger=none \
+for soma in sdn lif_sj; do  # lif_sj: SpikingJelly's fused LIFNode (neuron.leak=null; neuron=lif is a torch loop)
+  args="neuron=$soma"; [[ $soma == lif_sj ]] && args="neuron=lif neuron.leak=null"
+  python3 train.py experiment=seq/smnist $args trainer=gpu trainer.epochs=2 logger=none \
       paths.data="$data" paths.output="$out/runs" run_name="smnist_$soma" > "$out/smnist_$soma.txt" 2>&1
 done
 for soma in sdn lif_parallel lif; do

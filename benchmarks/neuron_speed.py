@@ -9,8 +9,11 @@
 Somas (the layers share their weights; only the soma and the S4D path differ):
 - ``sdn fused``: the SDN soma's Triton kernel (``neuron=sdn``, the default on CUDA);
 - ``sdn torch``: the SDN soma in torch (``neuron.implementation=torch``, the path before the kernels);
-- ``lif sj``: SpikingJelly 2.0's ``LIFNode`` with SpikingSSM's dynamics (BPTT; its Triton kernel on CUDA), fed the
-  contiguous time-major copy it needs, as the layer does (``neuron=lif``);
+- ``lif sj``: SpikingJelly 2.0's stock ``LIFNode`` with SpikingSSM's constants (BPTT; its Triton kernel on CUDA; its
+  own arithmetic ``v - v / tau_sj + y``), fed the contiguous time-major copy it needs, as the layer does
+  (``neuron=lif neuron.leak=null``; ``neuron=lif`` before issue 24);
+- ``lif torch``: SpikingSSM's ``lif`` soma since issue 24 (``neuron=lif``): the paper's ``tau u + y`` through
+  SpikingJelly's node machinery, a torch loop over L on every device;
 - ``sltt fused`` / ``sltt torch``: SLTT as a Triton scan / as the Python loop over L (``neuron=sltt``);
 - ``bptt loop``: the paper's BPTT comparison, a Python loop over L with gradients through the membrane;
 - ``exact fused`` / ``exact torch``: the ``lif_parallel`` soma (exact LIF spikes by fixed-point scans from the SDN's
@@ -50,7 +53,7 @@ from spikingjelly.activation_based.surrogate import PiecewiseQuadratic
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from spiking_ssm.kernels.runtime import triton_unavailable  # noqa: E402
 from spiking_ssm.layer import CONVS, SpikingSSM  # noqa: E402
-from spiking_ssm.somas import make_ssm_neuron  # noqa: E402
+from spiking_ssm.somas import make_spikingjelly_lif, make_ssm_neuron  # noqa: E402
 
 LOOP_MAX_LENGTH = 8192  # the Python loops are timed up to here (minutes per pass beyond)
 
@@ -77,7 +80,8 @@ class LoopBPTT(torch.nn.Module):
 SOMAS = {  # name -> (soma factory, S4D implementation, needs Triton, a Python loop over L)
     "sdn fused": (functools.partial(make_ssm_neuron, "sdn", implementation="triton"), "auto", True, False),
     "sdn torch": (functools.partial(make_ssm_neuron, "sdn", implementation="torch"), "torch", False, False),
-    "lif sj": (functools.partial(make_ssm_neuron, "lif"), "auto", False, False),
+    "lif sj": (make_spikingjelly_lif, "auto", False, False),
+    "lif torch": (functools.partial(make_ssm_neuron, "lif"), "auto", False, True),
     "sltt fused": (functools.partial(make_ssm_neuron, "sltt", implementation="triton"), "auto", True, False),
     "sltt torch": (functools.partial(make_ssm_neuron, "sltt", implementation="torch"), "torch", False, True),
     "bptt loop": (LoopBPTT, "auto", False, True),

@@ -13,6 +13,7 @@ the name of the implementation that will actually run, for logging.
 from __future__ import annotations
 
 import importlib
+import math
 import os
 import sys
 from typing import Callable
@@ -80,6 +81,62 @@ class IFNode(_Float32State, sj_neuron.IFNode):
     """SpikingJelly's IFNode with a float32 membrane under autocast."""
 
 
+class LeakLIFNode(_Float32State, sj_neuron.BaseNode):
+    """LIF charged as ``h = leak * v + x`` (a multiply, then an add), spike ``s = [h >= v_threshold]``, hard reset
+    ``v = h * (1 - s)``: SpikingSSM's paper and official code, to the rounding (``neuron.leak``).
+
+    Input ``[T, B, ...]`` (multi-step) or ``[B, ...]`` (single step) -> spikes of the same shape; the membrane ``v``
+    is a SpikingJelly memory (``reset_net``, ``store_v_seq``, monitors and ``memopt`` work as for its nodes) and
+    stays float32 under autocast. SpikingJelly's own LIF computes ``v - (v - v_reset) / tau + x`` on CPU and
+    ``v + (v_reset - v) / tau + x`` with a reciprocal in its Triton kernel: other roundings, so spikes on the
+    threshold differ between its backends and from the paper. This node runs one arithmetic on every device, as a
+    torch loop over time (eager: kept out of ``torch.compile``, whose generated code may contract the multiply and
+    the add into one FMA, which rounds once). Gradient: SpikingJelly's surrogate through ``h``, the reset detached
+    when ``detach_reset`` (``dv/dh = 1 - s``), i.e. BPTT as SpikingJelly's LIF with ``1 - 1/tau = leak``.
+    Non-finite input follows the same float arithmetic: ``+inf`` spikes and leaves ``v = inf * 0 = NaN`` (silent
+    from then on), NaN never spikes, ``-inf`` stays ``-inf`` until an input of ``+inf`` or NaN makes it NaN.
+    """
+
+    implementation = "torch loop (paper arithmetic)"  # what the engine's implementation counter reports
+
+    def __init__(self, leak: float, v_threshold: float = 1.0, surrogate_function: nn.Module | None = None,
+                 detach_reset: bool = True, step_mode: str = "m", store_v_seq: bool = False):
+        leak = float(leak)
+        if not 0.0 <= leak < 1.0:
+            raise UserError(f"neuron.leak={leak} must be the membrane leak factor in [0, 1) (SpikingSSM uses 0.125)")
+        super().__init__(v_threshold=float(v_threshold), v_reset=0.0,
+                         surrogate_function=surrogate_function or sj_surrogate.PiecewiseQuadratic(alpha=1.0),
+                         detach_reset=bool(detach_reset), step_mode=step_mode, store_v_seq=store_v_seq)
+        self.leak = leak
+        self.last_implementation: str | None = None  # read by snn_engine.measure.kernel_usage
+
+    def implementation_for(self, device: torch.device, dtype: torch.dtype = torch.float32) -> str:
+        """The same on every device (reported by :func:`select_implementation`)."""
+        return self.implementation
+
+    def single_step_functional_forward(self, inputs, states, **kwargs):
+        """One step from explicit state: ``inputs = (x [B, ...],)``, ``states = (v [B, ...],)``."""
+        x, v = inputs[0], states[0]
+        h = self.leak * v  # two separate kernels: no fused multiply-add
+        h = h + x
+        spike = self.surrogate_function(h - self.v_threshold)
+        kept = 1.0 - (spike.detach() if self.detach_reset else spike)
+        return (spike,), (h * kept, *states[1:])
+
+    @torch.compiler.disable
+    def multi_step_forward(self, x_seq: torch.Tensor, *args, **kwargs):
+        self.last_implementation = self.implementation
+        return super().multi_step_forward(x_seq, *args, **kwargs)
+
+    @torch.compiler.disable
+    def single_step_forward(self, x: torch.Tensor, *args, **kwargs):
+        self.last_implementation = self.implementation
+        return super().single_step_forward(x, *args, **kwargs)
+
+    def extra_repr(self) -> str:
+        return f"leak={self.leak}, " + super().extra_repr()
+
+
 def make_neuron(
     kind: str = "lif",
     tau: float = 2.0,
@@ -90,16 +147,22 @@ def make_neuron(
     surrogate: str = "sigmoid",
     alpha: float = 4.0,
     implementation: str = "auto",
+    leak: float | None = None,
 ) -> nn.Module:
     """One multi-step spiking layer: ``[T, B, ...]`` currents -> ``[T, B, ...]`` spikes in {0, 1}.
 
     ``kind`` is ``lif`` (fixed tau), ``plif`` (learnable tau initialised to ``tau``) or ``if``: SpikingJelly's
     nodes with a float32 membrane under autocast (:class:`_Float32State`).
     ``v_reset=None`` means soft reset (subtract the threshold). ``implementation`` is checked by
-    :func:`select_implementation` when the engine moves the model to its device.
+    :func:`select_implementation` when the engine moves the model to its device. ``leak`` (SpikingSSM's profile
+    sets it) makes ``lif`` the :class:`LeakLIFNode` with that leak factor instead of SpikingJelly's node.
     """
     if implementation not in IMPLEMENTATIONS:
         raise UserError(f"unknown neuron.implementation={implementation!r}; choose one of {IMPLEMENTATIONS}")
+    if leak is not None:
+        _check_leak(kind, float(tau), decay_input, v_reset, implementation, float(leak))
+        return LeakLIFNode(float(leak), v_threshold=float(v_threshold),
+                           surrogate_function=make_surrogate(surrogate, alpha), detach_reset=bool(detach_reset))
     common = dict(
         v_threshold=float(v_threshold),
         v_reset=None if v_reset is None else float(v_reset),
@@ -114,6 +177,24 @@ def make_neuron(
     if kind == "if":
         return IFNode(**common)
     raise UserError(f"unknown neuron.kind={kind!r}; choose one of {sorted(SJ_OP_PACKAGES)}")
+
+
+def _check_leak(kind: str, tau: float, decay_input: bool, v_reset, implementation: str, leak: float) -> None:
+    """A :class:`UserError` unless ``neuron.leak`` describes the same neuron as the other settings."""
+    if kind != "lif":
+        raise UserError(f"neuron.leak is for neuron.kind=lif (u <- leak * u + x), not {kind!r}; "
+                        "set neuron.leak=null")
+    if decay_input or v_reset is None or float(v_reset) != 0.0:
+        raise UserError("neuron.leak (u <- leak * u + x) needs neuron.decay_input=false and neuron.v_reset=0.0 "
+                        "(hard reset to 0); set neuron.leak=null for SpikingJelly's LIF with these settings")
+    if implementation not in ("auto", "torch"):
+        raise UserError(f"neuron.implementation={implementation} is a SpikingJelly kernel, which rounds another "
+                        "arithmetic; neuron.leak runs as a torch loop: use neuron.implementation=auto (or torch)")
+    if not 0.0 <= leak < 1.0 or math.isnan(leak):
+        raise UserError(f"neuron.leak={leak} must be the membrane leak factor in [0, 1) (SpikingSSM uses 0.125)")
+    if not math.isclose(tau, 1.0 / (1.0 - leak), rel_tol=1e-9):
+        raise UserError(f"neuron.tau={tau:g} and neuron.leak={leak:g} disagree (tau = 1 / (1 - leak) = "
+                        f"{1.0 / (1.0 - leak):.17g}): set both, or neuron.leak=null for SpikingJelly's arithmetic")
 
 
 def module_implementations(model: nn.Module, device: torch.device) -> dict[str, str]:
@@ -143,10 +224,16 @@ def select_implementation(kind: str, implementation: str, device: torch.device, 
         raise UserError(f"unknown neuron.implementation={implementation!r}; choose one of {IMPLEMENTATIONS}")
     reported = module_implementations(model, device) if model is not None else {}
     others = ", ".join(f"{name}: {choice}" for name, choice in reported.items())
-    if kind not in SJ_OP_PACKAGES:
-        return others or "torch (python)"  # neurons of our own without a report run as plain torch ops
+    if kind not in SJ_OP_PACKAGES or (model is not None and not _has_spikingjelly_nodes(model)):
+        return others or "torch (python)"  # neurons of our own (LeakLIFNode reports itself) run as torch ops
     chosen = _select_spikingjelly(kind, implementation, device)
     return f"{chosen}, {others}" if others else chosen
+
+
+def _has_spikingjelly_nodes(model: nn.Module) -> bool:
+    """Whether ``model`` holds a SpikingJelly node that SpikingJelly dispatches (not one reporting its own path)."""
+    return any(isinstance(m, sj_neuron.BaseNode) and not callable(getattr(m, "implementation_for", None))
+               for m in model.modules())
 
 
 def _select_spikingjelly(kind: str, implementation: str, device: torch.device) -> str:

@@ -136,7 +136,8 @@ def prepare_resume(cfg: DictConfig, run_dir: Path) -> tuple[Path | None, dict | 
         return None, None, {}
     state = ckpt_io.load(path)
     changes = resume_contract.check(state.get("config_raw"), OmegaConf.to_container(cfg, resolve=False), path,
-                                    bool(cfg.trainer.get("resume_allow_changes", False)))
+                                    bool(cfg.trainer.get("resume_allow_changes", False)),
+                                    resolve=lambda key: OmegaConf.select(cfg, key))
     return path, state, changes
 
 

@@ -3,14 +3,17 @@
 Per layer and time step t (eval mode: dropout off, BatchNorm with running statistics):
 
 - SSM state x [B, H, N/2] complex: ``x <- Abar x + Bbar u_t``; ``y_t = 2 Re(C x) + D u_t``; current ``y_t / theta``;
-- exact LIF soma: ``v <- v_reset + leak (v - v_reset) + I_t`` (SpikingJelly's LIF: leak = 1 - 1/tau with
-  ``decay_input=False``, ``v + (I - (v - v_reset)) / tau`` with ``decay_input=True``), spike ``s = [v >= v_threshold]``, hard reset
-  ``v <- v_reset`` where s (soft reset ``v <- v - v_threshold s`` when ``v_reset`` is None);
+- exact LIF soma: ``v <- leak * v + I_t`` (SpikingSSM's somas: a multiply, then an add, as ``lif``,
+  ``lif_parallel`` and ``sltt`` compute it) or SpikingJelly's LIF arithmetic for its own nodes
+  (``v - (v - v_reset) / tau + I`` with ``decay_input=False``, ``v + (I - (v - v_reset)) / tau`` with
+  ``decay_input=True``), spike ``s = [v >= v_threshold]``, hard reset ``v <- v * (1 - s)`` to 0 (``v_reset`` where s
+  for another ``v_reset``; soft reset ``v <- v - v_threshold s`` when ``v_reset`` is None);
 - output ``GLU(W s + b)``.
 
 The LIF constants come from the layer's neuron (:meth:`LIFConstants.from_neuron`): a SpikingJelly LIF/IF node keeps
-its dynamics; SpikingSSM's ``sdn``/``sltt`` neurons (``tau`` = leak factor, e.g. 0.125) and any other neuron are
-replaced by the exact LIF they emulate: the reference's "no extra parameters at inference" deployment. Bidirectional models cannot stream and raise :class:`UserError`.
+its dynamics; SpikingSSM's ``lif`` (``leak``), ``sdn``/``sltt``/``lif_parallel`` neurons (``tau`` = leak factor, e.g.
+0.125) and any other neuron are replaced by the exact LIF they emulate: the reference's "no extra parameters at
+inference" deployment. Bidirectional models cannot stream and raise :class:`UserError`.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from spikingjelly.activation_based import neuron as sj_neuron
 from torch import nn
 
 from snn_engine.errors import UserError
+from snn_engine.neurons import LeakLIFNode
 from spiking_ssm.backbone import SpikingSSMClassifier
 from spiking_ssm.layer import SpikingSSM, SpikingSSMBlock
 
@@ -30,7 +34,8 @@ from spiking_ssm.layer import SpikingSSM, SpikingSSMBlock
 class LIFConstants:
     """Exact LIF soma. Two parametrisations:
 
-    - ``leak`` set (SpikingSSM convention, ``spiking_ssm.somas``): ``v <- v_reset + leak (v - v_reset) + I``;
+    - ``leak`` set (SpikingSSM convention, ``spiking_ssm.somas``): ``v <- leak * v + I`` (in that float order)
+      for reset 0, ``v_reset + leak (v - v_reset) + I`` otherwise;
     - ``leak`` None: SpikingJelly's ``LIFNode`` with time constant ``tau`` (``v <- v - (v - v_reset)/tau + I``,
       or ``v + (I - (v - v_reset))/tau`` with ``decay_input``); ``tau = inf`` is an IF neuron.
     """
@@ -45,11 +50,14 @@ class LIFConstants:
     def from_neuron(cls, neuron: nn.Module) -> "LIFConstants":
         """Read the soma constants from the layer's neuron.
 
-        SpikingJelly ``LIFNode``/``ParametricLIFNode``/``IFNode`` keep their own dynamics. A neuron with a ``tau``
-        in [0, 1) (SpikingSSM's ``sdn``/``sltt`` neurons, where ``tau`` is the leak factor) gets that leak,
-        threshold ``v_threshold`` (default 1) and hard reset to 0. Anything else: the SDN's LIF (0.125, 1, 0).
+        SpikingJelly ``LIFNode``/``ParametricLIFNode``/``IFNode`` keep their own dynamics. The engine's
+        ``LeakLIFNode`` (SpikingSSM's ``lif``) gets its ``leak``; a neuron with a ``tau`` in [0, 1) (SpikingSSM's
+        ``sdn``/``sltt``/``lif_parallel``, where ``tau`` is the leak factor) gets that leak; both with threshold
+        ``v_threshold`` (default 1) and hard reset to 0. Anything else: the SDN's LIF (0.125, 1, 0).
         """
         common = dict(v_threshold=float(getattr(neuron, "v_threshold", 1.0)))
+        if isinstance(neuron, LeakLIFNode):
+            return cls(leak=neuron.leak, **common)
         if isinstance(neuron, sj_neuron.ParametricLIFNode):
             tau = float(1.0 / torch.sigmoid(neuron.w.detach()).item())
             return cls(leak=None, tau=tau, decay_input=bool(neuron.decay_input), v_reset=neuron.v_reset, **common)
@@ -65,6 +73,8 @@ class LIFConstants:
 
     def charge(self, v: torch.Tensor, current: torch.Tensor) -> torch.Tensor:
         reset = 0.0 if self.v_reset is None else self.v_reset
+        if self.leak is not None and reset == 0.0:
+            return self.leak * v + current  # the paper's order: a multiply, then an add (eager: no FMA)
         if self.leak is not None:
             return reset + self.leak * (v - reset) + current
         if self.tau == float("inf"):
@@ -77,6 +87,8 @@ class LIFConstants:
         spike = (v >= self.v_threshold).to(v.dtype)
         if self.v_reset is None:
             return spike, v - spike * self.v_threshold
+        if self.v_reset == 0.0:
+            return spike, v * (1.0 - spike)  # the paper's reset: inf * 0 = NaN after an infinite input, as lif
         return spike, spike * self.v_reset + (1.0 - spike) * v
 
 

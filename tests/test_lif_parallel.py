@@ -1,8 +1,10 @@
 """The ``lif_parallel`` soma: exact LIF spikes by fixed-point iteration of membrane scans, BPTT by a reverse scan.
 
-Spikes must equal the sequential LIF's 100% (float64: the project's ``lif`` soma, SpikingJelly's LIFNode; float32: a
-float32 sequential run, the ``sltt`` soma's torch loop), for odd lengths, several tau, shifted/scaled inputs and
-per-channel thresholds; gradients must equal SpikingJelly's BPTT with the reset detached to 1e-10 (float64).
+Spikes must equal the sequential LIF's 100% (float64: the project's ``lif`` soma, the paper's arithmetic in
+SpikingJelly's node machinery; float32: a float32 sequential run, the ``sltt`` soma's torch loop), for odd lengths,
+several tau, shifted/scaled inputs and per-channel thresholds; gradients must equal the ``lif`` soma's BPTT with the
+reset detached, and SpikingJelly's own LIFNode's, to 1e-10 (float64). On-threshold currents, non-finite currents and
+regular firing: ``test_lif_arithmetic.py`` and ``test_lif_nonfinite.py``.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from spiking_ssm.somas import lif_scan
 from spiking_ssm.backbone import SpikingSSMClassifier
 from spiking_ssm.layer import SpikingSSM
 from spiking_ssm.somas.lif_parallel import ParallelLIFNeuron
-from spiking_ssm.somas import make_ssm_neuron
+from spiking_ssm.somas import make_spikingjelly_lif, make_ssm_neuron
 from spiking_ssm.streaming import StreamingClassifier
 
 TAUS = [0.05, 0.125, 0.5, 0.9]
@@ -32,7 +34,7 @@ def _currents(length: int, batch: int, mean: float, std: float, dtype, seed: int
     return (torch.randn(length, batch, 3, generator=g, dtype=torch.float64) * std + mean).to(dtype)
 
 
-def _sj_lif(y: torch.Tensor, tau: float) -> torch.Tensor:
+def _lif(y: torch.Tensor, tau: float) -> torch.Tensor:
     lif = make_ssm_neuron("lif", tau=tau)
     functional.reset_net(lif)
     return lif(y)
@@ -45,7 +47,7 @@ def test_spikes_equal_the_sequential_lif_float64(tau, inputs, length):
     y = _currents(length, 40, *INPUTS[inputs], torch.float64, seed=length)
     soma = make_ssm_neuron("lif_parallel", tau=tau)
     spikes = soma(y)
-    reference = _sj_lif(y, tau)
+    reference = _lif(y, tau)
     assert spikes.dtype == torch.float64 and spikes.shape == y.shape
     assert torch.equal(spikes, reference)
     if length > 100:
@@ -89,17 +91,19 @@ def test_per_row_thresholds():
 
 
 @pytest.mark.parametrize("tau", [0.125, 0.6])
-def test_bptt_gradient_equals_spikingjelly_with_detached_reset(tau):
+def test_bptt_gradient_equals_the_lif_soma_and_spikingjelly_with_detached_reset(tau):
     y = _currents(257, 6, 0.3, 1.0, torch.float64, seed=11)
     upstream = torch.randn(y.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(12))
     grads = []
-    for soma in (make_ssm_neuron("lif_parallel", tau=tau), make_ssm_neuron("lif", tau=tau)):
+    for soma in (make_ssm_neuron("lif_parallel", tau=tau), make_ssm_neuron("lif", tau=tau),
+                 make_spikingjelly_lif(tau)):
         x = y.clone().requires_grad_()
         functional.reset_net(soma)
         (soma(x) * upstream).sum().backward()
         grads.append(x.grad)
     assert grads[0].abs().max() > 0.1 and (grads[0] != 0).float().mean() > 0.3
     torch.testing.assert_close(grads[0], grads[1], rtol=1e-10, atol=1e-10 * grads[1].abs().max().item())
+    torch.testing.assert_close(grads[2], grads[1], rtol=1e-10, atol=1e-10 * grads[1].abs().max().item())
 
 
 def test_sltt_gradient_option_equals_the_sltt_soma():
@@ -145,7 +149,7 @@ def test_half_inputs_run_in_float32():
 
 def test_cap_warns_and_finishes_sequentially(caplog):
     y = _currents(400, 8, 0.3, 1.0, torch.float64, seed=8)
-    exact = _sj_lif(y, 0.7)
+    exact = _lif(y, 0.7)
     capped = make_ssm_neuron("lif_parallel", tau=0.7, max_iters=1)
     with caplog.at_level(logging.WARNING, logger="spiking_ssm.somas.lif_parallel"):
         assert torch.equal(capped(y), exact)

@@ -5,15 +5,19 @@ Small odd shapes in 64-step chunks (Triton's interpreter scans a chunk step by s
 in one test): lengths 1, below, at and across a chunk; silent rows and rows silent for longer than a chunk (the
 rounding path then replays steps from an earlier chunk). The forward's spikes must equal the sequential
 LIF's exactly for any guess, any tau, with the scan capped after one iteration, and with the rounding path forced
-on every step (then the membrane is the sequential one bit for bit too); the backward must equal the torch BPTT scan.
+on every step (then the membrane is the sequential one bit for bit too), on currents built to land on the threshold
+(the ``lif`` soma's spikes) and with NaN or infinite currents (the ``lif`` soma's semantics, in their own row); the
+backward must equal the torch BPTT scan.
 """
 
 import pytest
 import torch
+from spikingjelly.activation_based import functional
 
 from spiking_ssm.somas import lif_scan
 from spiking_ssm.kernels import lif_fixed_point, runtime
 from spiking_ssm.somas import make_ssm_neuron
+from tests.lif_currents import landed, non_finite_rows, on_threshold_currents
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 pytestmark = pytest.mark.skipif(runtime.triton_unavailable(DEVICE) is not None,
@@ -100,7 +104,7 @@ def test_capped_chunks_are_finished_exactly_or_reported(dtype):
 
 
 @pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")  # inf * 0 in the scan
-def test_infinite_currents_spike_and_reset_as_the_sequential_neuron():
+def test_infinite_currents_follow_the_sequential_neuron():
     y = _rows(300, torch.float32, seed=2)
     y[2, 100], y[3, 250], y[4, 0] = float("inf"), float("inf"), -float("inf")
     exact, _ = _sequential(y, 0.125)
@@ -110,6 +114,56 @@ def test_infinite_currents_spike_and_reset_as_the_sequential_neuron():
     spikes, _, _ = lif_fixed_point.fixed_point(y, None, 0.125, max_iters=64, block=BLOCK)
     assert torch.equal(spikes[[0, 1, 3, 4]], _sequential(y[[0, 1, 3, 4]], 0.125)[0])
     assert not spikes[2, 200:].any()
+
+
+def _lif(y: torch.Tensor, tau: float) -> torch.Tensor:
+    """The ``lif`` soma's spikes (bool) on rows ``y [N, L]`` (CPU)."""
+    soma = make_ssm_neuron("lif", tau=tau)
+    functional.reset_net(soma)
+    return soma(y.cpu().T.unsqueeze(-1))[..., 0].T.bool()
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_on_threshold_currents_equal_the_lif_soma(dtype):
+    """Currents that put the membrane exactly on the threshold or one ulp beside it, in chains (6 rows x 150 steps,
+    three 64-step chunks, per tau): the kernel's spikes are the ``lif`` soma's, every one."""
+    for tau in (0.125, 0.5, 0.9, 0.99):
+        y, kind = on_threshold_currents(tau, dtype, rows=6, length=150, seed=11)
+        assert landed(y, kind, tau).sum() >= 0.9 * (kind > 0).sum()
+        spikes, _, stats = lif_fixed_point.fixed_point(y.to(DEVICE), None, tau, max_iters=BLOCK + 1, block=BLOCK)
+        assert torch.equal(spikes.cpu(), _lif(y, tau)), (tau, dtype)
+        assert int(stats.row_polish.sum()) > 0 and stats.capped == 0
+
+
+def test_the_fused_soma_equals_lif_in_spikes_and_gradient_on_threshold_currents():
+    y, _ = on_threshold_currents(0.9, torch.float64, rows=4, length=100, seed=12)
+    x = y.T.unsqueeze(-1)
+    upstream = torch.randn(x.shape, generator=torch.Generator().manual_seed(13), dtype=torch.float64)
+    results = []
+    for soma in (make_ssm_neuron("lif_parallel", tau=0.9, implementation="triton"), make_ssm_neuron("lif", tau=0.9)):
+        inputs = x.clone().to(DEVICE).requires_grad_()
+        functional.reset_net(soma)
+        spikes = soma.to(DEVICE)(inputs)
+        (spikes * upstream.to(DEVICE)).sum().backward()
+        results.append((spikes.detach().cpu(), inputs.grad.cpu()))
+    assert torch.equal(results[0][0], results[1][0]) and results[0][0].sum() > 50
+    torch.testing.assert_close(results[0][1], results[1][1], rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_non_finite_currents_follow_the_lif_soma_in_their_own_row(dtype):
+    """NaN, +inf, -inf then +inf, and currents near the dtype's largest number (one row each, beside on-threshold
+    rows): spikes and the membrane's NaNs as the ``lif`` soma and the torch path, the other rows untouched; the
+    kernel flags the four rows, which then run sequentially, and their scans of non-finite values count as no cap."""
+    y = non_finite_rows(dtype)
+    for tau in (0.0, 0.9):
+        spikes, h, stats = lif_fixed_point.fixed_point(y.to(DEVICE), None, tau, max_iters=BLOCK + 1, block=BLOCK)
+        assert torch.equal(spikes.cpu(), _lif(y, tau)), tau
+        assert torch.equal(h.cpu().isnan(), lif_scan.sequential(y, tau, 1.0).isnan())
+        clean, _, _ = lif_fixed_point.fixed_point(y[:4].to(DEVICE), None, tau, max_iters=BLOCK + 1, block=BLOCK)
+        assert torch.equal(spikes[:4], clean)
+        assert stats.extreme == 4 and stats.capped == 0 and any("run sequentially" in n for n in stats.notes)
 
 
 @pytest.mark.parametrize("length", [1, 5, 512, 700])

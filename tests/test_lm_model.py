@@ -28,7 +28,8 @@ from tests.helpers import compose_train
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-# the SpikingSSM LIF: u <- 0.125 u + y, spike at u >= 1, hard reset to 0, triangle surrogate
+# SpikingJelly's LIFNode with the SpikingSSM constants (neuron=lif neuron.leak=null: u <- u - u / (8/7) + y, spike
+# at u >= 1, hard reset to 0, triangle surrogate); `neuron=lif` itself is the paper's arithmetic (LeakLIFNode)
 LIF = partial(make_neuron, kind="lif", tau=8 / 7, decay_input=False, v_threshold=1.0, v_reset=0.0,
               detach_reset=True, surrogate="piecewise_quadratic", alpha=1.0)
 SDN = partial(make_ssm_neuron, kind="sdn")
@@ -380,7 +381,7 @@ def test_config_builds_with_every_soma(neuron):
     assert isinstance(model, SpikingSSMLanguageModel) and model.vocab_size == V
     assert cfg.neuron_profile == "spiking_ssm" and model.embed.bounds == [0, 8, 20, V]
     soma = model.backbone.blocks[0].layer.neuron
-    assert type(soma).__name__ == {"sdn": "SDNNeuron", "lif": "LIFNode", "sltt": "SLTTLIFNeuron"}[neuron]
+    assert type(soma).__name__ == {"sdn": "SDNNeuron", "lif": "LeakLIFNode", "sltt": "SLTTLIFNeuron"}[neuron]
     bad = _config(neuron, extra=("model.cutoffs=[8,60]",))
     with pytest.raises(Exception) as error:
         build_model(bad, TinyCorpus())

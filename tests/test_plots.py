@@ -65,12 +65,16 @@ def hooked_forward(model, x):
 
 
 def iterative_lif(currents: torch.Tensor, neuron: BaseNode) -> torch.Tensor:
-    """Post-reset membrane of SpikingJelly's LIF (hard reset) step by step, ``[T, ...]`` -> ``[T, ...]``."""
-    v_reset, tau = float(neuron.v_reset), float(neuron.tau)
+    """Post-reset membrane of SpikingJelly's LIF (hard reset) step by step, ``[T, ...]`` -> ``[T, ...]``; for the
+    engine's LeakLIFNode (SpikingSSM's ``lif``) the paper's ``leak * v + x``."""
+    leak = getattr(neuron, "leak", None)
+    v_reset, tau = float(neuron.v_reset), float(getattr(neuron, "tau", 0.0))
     v = torch.full_like(currents[0], v_reset)
     out = []
     for t in range(currents.shape[0]):
-        if neuron.decay_input:
+        if leak is not None:
+            h = leak * v + currents[t]
+        elif neuron.decay_input:
             h = v + (currents[t] - (v - v_reset)) / tau
         else:
             h = v - (v - v_reset) / tau + currents[t]

@@ -22,7 +22,8 @@ from spiking_ssm.layer import DropoutNd, SpikingSSM, SpikingSSMBlock
 from spiking_ssm.s4d import S4DKernel, bidirectional_kernel, fft_conv, two_level_vandermonde, vandermonde_kernel
 from spiking_ssm.streaming import StreamingClassifier, StreamingSpikingSSM
 
-# the SpikingSSM LIF: u <- 0.125 u + y, spike at u >= 1, hard reset to 0, triangle surrogate
+# SpikingJelly's LIFNode with the SpikingSSM constants (neuron=lif neuron.leak=null: u <- u - u / (8/7) + y, spike
+# at u >= 1, hard reset to 0, triangle surrogate); `neuron=lif` itself is the paper's arithmetic (LeakLIFNode)
 LIF = partial(make_neuron, kind="lif", tau=8 / 7, decay_input=False, v_threshold=1.0, v_reset=0.0,
               detach_reset=True, surrogate="piecewise_quadratic", alpha=1.0)
 

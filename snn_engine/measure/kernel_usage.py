@@ -4,7 +4,8 @@
 records what ran:
 
 - a layer that reports itself (``module.last_implementation``, e.g. SpikingSSM's ``sdn``/``sltt`` somas: ``triton``
-  or ``torch``);
+  or ``torch``; the engine's :class:`~snn_engine.neurons.LeakLIFNode`, SpikingSSM's ``lif``: ``torch loop (paper
+  arithmetic)`` on every device, although it is a SpikingJelly node);
 - a SpikingJelly IF/LIF/PLIF node: the path SpikingJelly 2.0 takes for this call's input
   (:func:`spikingjelly_path`): on CUDA its fused kernel (``triton`` / ``cuda``, or ``triton (explicit precision)``)
   unless the input profile forces its Python-loop reference, e.g. ``torch reference (fallback: float16 state)``

@@ -7,6 +7,8 @@ command's resolved config:
   ``trainer.epochs`` / ``trainer.max_steps`` rebuild the learning-rate schedule for the new length from where the run
   stands, so the lr is what a run of that length would have at that step;
 - :data:`APPLIED` keys (``optimizer.lr``, ``trainer.grad_clip``) take their new value, logged;
+- :data:`ADDED` keys, which configs gained later, count as unchanged where the checkpoint lacks them and their new
+  value reproduces what it ran (e.g. ``neuron.leak`` null: SpikingJelly's LIF, as before it existed);
 - every other difference (model, neuron, ``T``, data set, batch size, seed, precision, ...) is refused with one
   line listing each change (``model.T: 4 -> 6``), unless ``trainer.resume_allow_changes=true``.
 """
@@ -28,6 +30,14 @@ MAY_CHANGE = (
 )
 APPLIED = ("optimizer.lr", "trainer.grad_clip")
 LENGTH_KEYS = ("trainer.epochs", "trainer.max_steps")
+ANY = object()
+# Keys added to the configs after checkpoints were written without them: absent from the checkpoint's config and,
+# in the new one, resolving to the value that reproduces what older runs ran (ANY: read only through a key
+# compared on its own) is no change.
+ADDED = {
+    "neuron.leak": None,  # issue 24: SpikingSSM's lif in the paper's arithmetic; null: SpikingJelly's LIF, as before
+    "neuron_profiles.spiking_ssm.leak": ANY,  # read only through neuron.leak
+}
 
 
 def flatten(node: Any, prefix: str = "") -> dict[str, Any]:
@@ -58,12 +68,22 @@ def _show(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def check(old: dict | None, new: dict, path, allow_changes: bool) -> dict[str, tuple[Any, Any]]:
+def _added_unchanged(key: str, old: Any, resolve) -> bool:
+    """Whether ``key`` is an :data:`ADDED` key absent from the checkpoint whose new value reproduces older runs."""
+    if key not in ADDED or old != "<unset>":
+        return False
+    return ADDED[key] is ANY or resolve(key) == ADDED[key]
+
+
+def check(old: dict | None, new: dict, path, allow_changes: bool, resolve=None) -> dict[str, tuple[Any, Any]]:
     """The changes resuming from ``path`` makes (all of them when ``allow_changes``); raise :class:`UserError` listing
-    the forbidden ones otherwise. ``old`` is the checkpoint's resolved config (None: an old checkpoint without one)."""
+    the forbidden ones otherwise. ``old`` is the checkpoint's config (None: an old checkpoint without one);
+    ``resolve(key)`` gives a key's resolved value in the new config (default: its value in ``new``), for
+    :data:`ADDED` keys."""
     if old is None:
         return {}
-    changes = differences(old, new)
+    resolve = resolve or (lambda key: flatten(new).get(key))
+    changes = {k: v for k, v in differences(old, new).items() if not _added_unchanged(k, v[0], resolve)}
     forbidden = {k: v for k, v in changes.items() if not _matches(k, MAY_CHANGE + APPLIED)}
     if forbidden and not allow_changes:
         listed = ", ".join(f"{k}: {_show(a)} -> {_show(b)}" for k, (a, b) in list(forbidden.items())[:12])

@@ -19,9 +19,13 @@ from the chunk before:
    earlier chunks step by step when the chunk has none. Chunks still changing after ``max_iters`` scans take the
    same path (``finish``), or keep their last iterate.
 
-The result equals the sequential LIF in the rows' dtype exactly (float32 or float64). Per row the kernel counts
-the most scans a chunk took, the float-map steps, capped chunks (and their spikes still changing) and the
-sequential steps taken: :func:`fixed_point` returns them as :class:`~spiking_ssm.somas.lif_scan.FixedPointStats`.
+The result equals the sequential LIF in the rows' dtype exactly (float32 or float64). A row with a NaN, an infinity
+or a current that could overflow a scan is only flagged (one comparison per chunk: the kernel stays as lean as for
+finite currents); :func:`fixed_point` then runs the flagged rows through :func:`spiking_ssm.somas.lif_scan.sequential`,
+the ``lif`` soma's own arithmetic (``+inf``: a spike, then NaN; NaN: no spike; ``-inf``: stays ``-inf``). Per row
+the kernel counts the most scans a chunk took, the float-map steps, capped chunks (and their spikes still changing)
+and the sequential steps taken, and the chunks that flag the row: :func:`fixed_point` returns them as
+:class:`~spiking_ssm.somas.lif_scan.FixedPointStats`.
 
 :func:`bptt_gradient` (``_reverse_scan_kernel``): ``g_t = grad_t sg'(h_t - 1) + tau (1 - s_t) g_{t+1}``, the
 surrogate factor computed from the saved membrane in the same pass as the reversed scan. Both tested against the
@@ -42,7 +46,7 @@ BLOCK = 512  # time steps per chunk (fewer for shorter rows)
 NUM_WARPS = 1  # a warp per row: 16 steps per thread, no barriers
 REVERSE_BLOCK, REVERSE_WARPS = 512, 1  # the backward scan's
 SWEEP_AFTER = 4  # scans of a chunk before sequential sweeps start (i.i.d. currents rarely need more than 4)
-STATS = ("most_scans", "scans", "polish", "capped", "capped_flips", "sequential", "sweeps")  # per row, this order
+STATS = ("most_scans", "scans", "polish", "capped", "capped_flips", "sequential", "sweeps", "extreme")  # per row
 
 if triton is not None:
     import triton.language as tl
@@ -94,7 +98,7 @@ if triton is not None:
     def _exact_lif_kernel(y_ptr, guess_ptr, h_ptr, s_ptr, stats_ptr, L, y_stride, tau_ptr, max_scans, extra_margin,
                           sweep_words, BLOCK: tl.constexpr, LEVELS: tl.constexpr, EPS: tl.constexpr,
                           F64: tl.constexpr, HAS_GUESS: tl.constexpr, FINISH: tl.constexpr,
-                          SWEEP_AFTER: tl.constexpr):
+                          SWEEP_AFTER: tl.constexpr, MAXV: tl.constexpr):
         dt: tl.constexpr = tl.float64 if F64 else tl.float32
         tau = tl.load(tau_ptr).to(dt)  # a tensor, not a Triton float argument (that would be float32)
         spread = 1.0 / (1.0 - tau)  # the most a carried rounding error (or |y|) adds up to over the past
@@ -114,11 +118,16 @@ if triton is not None:
         capped_flips = tl.zeros([], dtype=tl.int32)
         sequential = tl.zeros([], dtype=tl.int32)
         sweeps = tl.zeros([], dtype=tl.int32)
+        extreme = tl.zeros([], dtype=tl.int32)
         for start in range(0, L, BLOCK):
             t = start + offs
             inside = t < L
             y = tl.load(y_row + t, mask=inside, other=0.0).to(dt)
-            bound = tl.maximum(bound, tl.max(tl.abs(y), 0))
+            top = tl.max(tl.where(y == y, tl.abs(y), float("inf")), 0)  # a NaN counts as infinite
+            bound = tl.maximum(bound, top)
+            # a NaN, an infinity or a current that could overflow a scan: the row is flagged, and fixed_point runs
+            # it sequentially (these chunks, and those after them, compute nothing meaningful here)
+            extreme += (top * spread > 0.25 * MAXV).to(tl.int32)
             b = tl.where(first, tau * u_carry + y, y)
             # 1. the fixed point of the spikes (the first scan is the common case: the guess was right); its
             # coefficients come from the guess read one step back (no shuffle), the later scans' from registers.
@@ -180,7 +189,7 @@ if triton is not None:
             last_spike = tl.maximum(last_spike, tl.max(tl.where(s != 0, t, -1), 0))
             last = tl.minimum(L - start, BLOCK) - 1
             u_carry = tl.sum(tl.where(offs == last, tl.where(s != 0, 0.0, h), 0.0), 0)
-        out = stats_ptr + row * 7
+        out = stats_ptr + row * 8
         tl.store(out, most_scans)
         tl.store(out + 1, all_scans)
         tl.store(out + 2, polish)
@@ -188,6 +197,7 @@ if triton is not None:
         tl.store(out + 4, capped_flips)
         tl.store(out + 5, sequential)
         tl.store(out + 6, sweeps)
+        tl.store(out + 7, extreme)
 
     @triton.jit
     def _reverse_scan_kernel(grad_ptr, h_ptr, s_ptr, g_ptr, L, tau_ptr, alpha_ptr, BLOCK: tl.constexpr,
@@ -238,7 +248,8 @@ def constants(length: int, dtype: torch.dtype, has_guess: bool, finish: bool = T
     if block < 16 or block & (block - 1):
         raise ValueError(f"chunk length {block} must be a power of two >= 16")
     return dict(BLOCK=block, LEVELS=int(math.log2(block)) + 1, EPS=torch.finfo(dtype).eps,
-                F64=dtype == torch.float64, HAS_GUESS=bool(has_guess), FINISH=bool(finish), SWEEP_AFTER=SWEEP_AFTER)
+                F64=dtype == torch.float64, HAS_GUESS=bool(has_guess), FINISH=bool(finish), SWEEP_AFTER=SWEEP_AFTER,
+                MAXV=torch.finfo(dtype).max)
 
 
 def fixed_point(y: torch.Tensor, guess: torch.Tensor | None, tau: float, max_iters: int, finish: bool = True,
@@ -266,15 +277,37 @@ def fixed_point(y: torch.Tensor, guess: torch.Tensor | None, tau: float, max_ite
                                 int(max_iters), float(extra_margin), -(-int(sweep) // 32),
                                 **constants(length, y.dtype, has_guess, finish, block),
                                 num_warps=NUM_WARPS, enable_fp_fusion=False)
-    return spikes, h, _stats(per_row, n, length, finish, block or block_for(length))
-
-
-def _stats(per_row: torch.Tensor, n: int, length: int, finish: bool, block: int) -> lif_scan.FixedPointStats:
-    """The kernel's per-row counts as the torch driver's :class:`~spiking_ssm.somas.lif_scan.FixedPointStats` (one host
-    read of the totals): ``row_scans`` = the most scans a chunk of the row took, ``row_polish`` = float-map steps."""
     per_row = per_row.long()
+    totals = [int(v) for v in per_row[:, 3:].sum(dim=0).tolist()] if n else [0] * 5  # the one host read
+    extreme = 0
+    if totals[4]:
+        extreme, totals = _sequential_rows(y, tau, h, spikes, per_row)
+    stats = _stats(per_row, totals, length, finish, block or block_for(length))
+    if extreme:
+        stats.extreme = extreme
+        stats.notes.append(f"{extreme} rows with non-finite or huge currents run sequentially")
+    return spikes, h, stats
+
+
+def _sequential_rows(y, tau: float, h, spikes, per_row) -> tuple[int, list[int]]:
+    """Rows the kernel flagged (a NaN, an infinity or a current that could overflow a scan, counted in
+    ``per_row[:, 7]``) run by :func:`spiking_ssm.somas.lif_scan.sequential`, the ``lif`` soma's own arithmetic, into ``h``
+    and ``spikes`` (in place); their capped-chunk counts (scans of non-finite values) are dropped. Returns the number
+    of rows and the new totals of ``per_row[:, 3:]``."""
+    rows = (per_row[:, 7] > 0).nonzero()[:, 0]
+    h[rows] = lif_scan.sequential(y[rows], tau, 1.0)
+    spikes[rows] = h[rows] >= 1.0
+    per_row[rows, 3:5] = 0
+    return int(rows.numel()), [int(v) for v in per_row[:, 3:].sum(dim=0).tolist()]
+
+
+def _stats(per_row: torch.Tensor, totals: list[int], length: int, finish: bool,
+           block: int) -> lif_scan.FixedPointStats:
+    """The kernel's per-row counts (``per_row [N, 8]``, int64; ``totals``: the sums of its columns 3-7) as the torch
+    driver's :class:`~spiking_ssm.somas.lif_scan.FixedPointStats`: ``row_scans`` = the most scans a chunk of the row took,
+    ``row_polish`` = float-map steps."""
     stats = lif_scan.FixedPointStats(per_row[:, 0], per_row[:, 2], chunk_scans=per_row[:, 1])
-    capped, flips, sequential, sweeps = (int(v) for v in per_row[:, 3:].sum(dim=0).tolist()) if n else (0,) * 4
+    capped, flips, sequential, sweeps, _ = totals
     stats.sweeps = sweeps
     if capped:
         stats.capped = stats.spike_capped = capped

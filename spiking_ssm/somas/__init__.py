@@ -4,6 +4,9 @@ All map time-major input currents ``[L, B, ...]`` to binary spikes ``[L, B, ...]
 convention) and all share SpikingSSM's dynamics: leak ``tau`` on the membrane only, threshold 1, hard reset
 to 0, i.e. ``u'_t = tau * u_{t-1} + y_t``, ``s_t = H(u'_t - 1)``, ``u_t = u'_t * (1 - s_t)``, ``u_0 = 0``,
 and the triangle surrogate ``dH/dz ~= max(0, 1 - |z|)`` (SpikingJelly's ``PiecewiseQuadratic(alpha=1)``).
+``lif``, ``sltt``, ``lif_parallel`` and streaming compute ``u'_t`` in that float order (a multiply, then an add),
+as the paper's code does, so their spikes are identical in float32 and float64 (SpikingJelly's own LIF rounds
+otherwise, and differently on CPU and in its Triton kernel: :func:`make_spikingjelly_lif`).
 
 A learnable threshold ``theta`` is applied by the *caller* (divide the currents by ``theta``; the neurons'
 threshold stays 1): with zero initial and reset potential, ``f(y; theta) = f(y / theta; 1)``.
@@ -26,7 +29,7 @@ from spikingjelly.activation_based import neuron as sj_neuron
 from spikingjelly.activation_based import surrogate as sj_surrogate
 
 from snn_engine.errors import UserError
-from snn_engine.neurons import LIFNode
+from snn_engine.neurons import LeakLIFNode, LIFNode
 from spiking_ssm.chunked import ChunkedCurrents
 from spiking_ssm.kernels import runtime, soma
 from spiking_ssm.sdn.network import ReducedSDN, load_reduced
@@ -210,9 +213,20 @@ class _ParamCache:
         return self.value
 
 
-def make_lif(tau: float = 0.125, surrogate_alpha: float = 1.0) -> sj_neuron.LIFNode:
-    """SpikingJelly multi-step LIF with ``u <- tau * u + y`` (its ``tau`` is ``1 / (1 - tau)``), BPTT; its membrane
-    stays float32 under autocast (:class:`snn_engine.neurons.LIFNode`)."""
+def make_lif(tau: float = 0.125, surrogate_alpha: float = 1.0) -> LeakLIFNode:
+    """SpikingSSM's ``lif`` soma: ``u <- tau * u + y`` in the paper's order (a multiply, then an add), threshold 1,
+    hard reset to 0, detached; BPTT through SpikingJelly's node machinery (:class:`snn_engine.neurons.LeakLIFNode`,
+    a torch loop on every device; float32 membrane under autocast). The same arithmetic as ``lif_parallel``,
+    ``sltt`` and streaming, so their spikes are identical (``tests/test_lif_arithmetic.py``)."""
+    return LeakLIFNode(check_tau(tau), v_threshold=1.0, detach_reset=True,
+                       surrogate_function=sj_surrogate.PiecewiseQuadratic(alpha=float(surrogate_alpha)))
+
+
+def make_spikingjelly_lif(tau: float = 0.125, surrogate_alpha: float = 1.0) -> sj_neuron.LIFNode:
+    """SpikingJelly's stock multi-step LIF with SpikingSSM's constants (its ``tau`` is ``1 / (1 - tau)``): its own
+    arithmetic ``v - v / tau_sj + y`` (CPU) or ``v + r (0 - v) + y`` with ``r = 1 / tau_sj`` (its Triton kernel),
+    which rounds otherwise than the paper's ``tau * v + y``; the ``lif`` soma before issue 24, kept for benchmarks
+    and comparisons (``neuron=lif neuron.leak=null`` in a config)."""
     tau = check_tau(tau)
     return LIFNode(
         tau=1.0 / (1.0 - tau),
@@ -237,8 +251,8 @@ def make_ssm_neuron(
     ``lif_parallel`` (exact LIF by parallel fixed-point iteration, :mod:`spiking_ssm.somas.lif_parallel`; its own options
     ``guess``, ``max_iters``, ``finish_sequential``, ``gradient`` go in ``lif_parallel_options``).
 
-    ``lif`` is stateful like every SpikingJelly neuron: call ``functional.reset_net`` between batches; its
-    implementation is SpikingJelly's choice (``snn_engine.neurons.select_implementation`` applies the setting).
+    ``lif`` (:func:`make_lif`) is stateful like every SpikingJelly neuron: call ``functional.reset_net`` between
+    batches; it runs as a torch loop on every device (``implementation`` must be ``auto`` or ``torch``).
     """
     runtime.check_implementation(implementation)
     if kind == "lif_parallel":
@@ -254,6 +268,9 @@ def make_ssm_neuron(
     if weights is not None:
         raise UserError(f"neuron.weights is only used by neuron.kind=sdn, not {kind!r}; remove neuron.weights")
     if kind == "lif":
+        if implementation not in ("auto", "torch"):
+            raise UserError(f"neuron.implementation={implementation}: the lif soma runs as a torch loop on every "
+                            "device (the paper's arithmetic); use neuron.implementation=auto or torch")
         return make_lif(tau=tau, surrogate_alpha=surrogate_alpha)
     if kind == "sltt":
         return SLTTLIFNeuron(tau=tau, surrogate_alpha=surrogate_alpha, implementation=implementation)

@@ -5,10 +5,13 @@ membrane, threshold 1, hard reset to 0; the layer divides the currents by its le
 to the sequential LIF bit for bit in the input's precision (float32 arithmetic for half inputs):
 
 - forward: a spike guess (the packaged SDN's for tau 0.125, no spikes otherwise), refined by membrane scans until
-  no spike changes, then made rounding-exact (:func:`spiking_ssm.somas.lif_scan.fixed_point`); rows that still change
-  after ``max_iters`` steps are logged (a warning with the counts) and, with ``finish_sequential``, run sequentially.
-  The fused kernel (:func:`spiking_ssm.kernels.lif_fixed_point.fixed_point`) does all of it in one launch, chunk by
-  chunk of each row in registers;
+  no spike changes, then made rounding-exact (:func:`spiking_ssm.somas.lif_scan.fixed_point`); rows whose spikes still
+  change after ``max_iters`` scans are logged (a warning with the counts), rows whose rounding phase reaches it
+  raise an :class:`ExactLIFCapWarning`; with ``finish_sequential`` both are run sequentially. Rows with a
+  non-finite or huge current run sequentially from the start, apart from the others, so a NaN or an infinity
+  behaves as in ``lif`` (``+inf``: a spike, then NaN; NaN: no spike; ``-inf``: stays ``-inf``) and never changes
+  another row. The fused kernel (:func:`spiking_ssm.kernels.lif_fixed_point.fixed_point`) does all of it in one
+  launch, chunk by chunk of each row in registers;
 - backward: ``gradient=bptt`` is BPTT with the reset detached (SpikingJelly ``detach_reset=True``), a reverse scan
   over time; ``gradient=sltt`` is the elementwise ``grad_s * sg'(h - 1)`` (SLTT: no temporal path). Surrogate:
   SpikingJelly's ``PiecewiseQuadratic(alpha)`` triangle.
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import math
+import warnings
 from collections import Counter
 from pathlib import Path
 
@@ -36,6 +40,12 @@ from spiking_ssm.sdn.packaged import check_tau as _check_tau, packaged_weights
 log = logging.getLogger(__name__)
 GUESSES = ("auto", "sdn", "zero")
 GRADIENTS = ("bptt", "sltt")
+
+
+class ExactLIFCapWarning(RuntimeWarning):
+    """The ``lif_parallel`` soma's rounding-exact phase reached ``neuron.max_iters`` (typical in float32 at tau near
+    1, where the scanned membrane differs from the sequential one in its last bits for long stretches); the rows
+    were finished sequentially, so the spikes stay exact, but the call was slower."""
 
 
 class _ExactLIF(torch.autograd.Function):
@@ -74,7 +84,9 @@ class ParallelLIFNeuron(base.MemoryModule):
     spikes are identical either way). ``max_iters``: scans per call (per chunk in the fused kernel) before the rows
     still changing are reported (and, with ``finish_sequential``, run sequentially). ``sweep``: sequential steps each
     changed row (fused kernel: chunk, from its 5th scan) runs after each scan from its first corrected spike (see
-    :func:`~spiking_ssm.somas.lif_scan.fixed_point`; smooth currents need it). ``last_stats`` holds the latest call's
+    :func:`~spiking_ssm.somas.lif_scan.fixed_point`; smooth currents need it); in torch, regular firing found there is
+    continued in the guess up to the end of the row (a constant current settles in a few scans at any length).
+    ``last_stats`` holds the latest call's
     :class:`~spiking_ssm.somas.lif_scan.FixedPointStats`; training calls accumulate into :meth:`pop_epoch_statistics`.
     """
 
@@ -152,7 +164,10 @@ class ParallelLIFNeuron(base.MemoryModule):
                                                             if stats.capped_changes >= 0 else "") if stats.finished
                         else "; left inexact (neuron.finish_sequential=false): raise neuron.max_iters")
         elif stats.capped:  # only rounding bits were left (tau near 1 in float32): finished sequentially
-            log.debug("lif_parallel soma: %s; finished sequentially", "; ".join(stats.notes))
+            warnings.warn(f"lif_parallel soma reached neuron.max_iters={self.max_iters} in its rounding-exact "
+                          f"phase: {'; '.join(stats.notes)} (of {rows.shape[0]} rows, length {rows.shape[1]}); "
+                          "finished sequentially from the first doubtful step, exact but slower", ExactLIFCapWarning,
+                          stacklevel=2)
         if self.training:
             self._epoch.add(stats)
 

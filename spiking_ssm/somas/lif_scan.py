@@ -11,7 +11,11 @@ iterations (the first wrong position of a guess has an exact membrane, so the ne
 handful from a good guess (the SDN's spikes, or none). :func:`fixed_point` runs this until no spike changes. Rows
 whose membrane comes within rounding of the threshold then go through :func:`polish`, which iterates the *float*
 map of the sequential neuron (same operations, same rounding) until their membrane stops changing bit for bit: the
-spikes equal a sequential run's in the same dtype exactly, not up to rounding.
+spikes equal a sequential run's in the same dtype exactly, not up to rounding. Regular firing (smooth currents)
+makes chains: each correction moves every later spike, one per scan; with ``sweep``, each changed row then runs that
+many sequential steps after its first corrected spike and, where those end in evenly spaced spikes, the guess
+continues them (:func:`_sweep`). Rows with a NaN, an infinity or a current big enough to overflow a scan run
+sequentially (:func:`extreme_rows`), as the ``lif`` soma computes them.
 
 Backward with the reset detached (SpikingJelly ``detach_reset=True``): ``dL/dy_t = g_t`` with the reverse linear
 recurrence ``g_t = grad_s_t * sg'(h_t - theta) + tau (1 - s_t) g_{t+1}``, another scan (:func:`bptt_gradient`).
@@ -35,6 +39,8 @@ def scan_levels(tau: float, length: int, dtype: torch.dtype, bound: float = 1.0)
     if tau == 0.0:
         return 0
     tolerance = torch.finfo(dtype).eps * 1e-3 * (1.0 - tau) / max(bound, 1e-30)
+    if not 0.0 < tolerance:  # an enormous bound: every level
+        return full
     needed = math.ceil(math.log2(max(math.log(tolerance) / math.log(tau), 1.0))) if tolerance < 1 else 0
     return min(full, max(needed, 0))
 
@@ -76,17 +82,24 @@ def float_map(h: torch.Tensor, y: torch.Tensor, tau: float, theta) -> torch.Tens
     return tau * u + y
 
 
+def reset(h: torch.Tensor, theta) -> torch.Tensor:
+    """The post-reset membrane ``u = h * (1 - [h >= theta])``: the paper's reset (``+inf`` gives ``inf * 0 = NaN``)."""
+    return h * (h < theta).to(h.dtype)
+
+
 def sequential(y: torch.Tensor, tau: float, theta, h: torch.Tensor | None = None, start: int = 0) -> torch.Tensor:
-    """The sequential neuron's membrane ``h [N, L]`` (a Python loop over t: the slow reference and the finisher).
+    """The sequential neuron's membrane ``h [N, L]`` (a Python loop over t: the slow reference and the finisher),
+    the ``lif`` soma's arithmetic: ``tau * u`` then ``+ y``, reset ``h * (1 - s)``, so non-finite currents behave
+    as there (``+inf``: a spike, then NaN; NaN: NaN; ``-inf``: ``-inf`` until ``+inf`` or NaN).
 
     With ``h`` and ``start``, ``h[:, :start]`` is taken as already exact and the loop runs from ``start`` on.
     """
     theta = theta[:, 0] if torch.is_tensor(theta) and theta.dim() == 2 else theta
     out = torch.empty_like(y) if h is None else h.clone()
-    u = torch.zeros_like(y[:, 0]) if start == 0 else torch.where(out[:, start - 1] >= theta, 0.0, out[:, start - 1])
+    u = torch.zeros_like(y[:, 0]) if start == 0 else reset(out[:, start - 1], theta)
     for t in range(start, y.shape[-1]):
         out[:, t] = tau * u + y[:, t]
-        u = torch.where(out[:, t] >= theta, 0.0, out[:, t])
+        u = reset(out[:, t], theta)
     return out
 
 
@@ -110,6 +123,8 @@ class FixedPointStats:
     notes: list[str] = field(default_factory=list)
     chunk_scans: torch.Tensor | None = None  # fused kernel only: scans over all chunks of each row
     sweeps: int = 0  # fused kernel only: sequential sweeps taken (over all chunks)
+    extreme: int = 0  # rows with non-finite or huge currents, run sequentially (fused kernel: flagged by it)
+    extended: int = 0  # torch only: sweeps whose regular firing was continued to the row's end
 
     @property
     def scans(self) -> int:
@@ -120,6 +135,13 @@ def _threshold_rows(theta, rows: torch.Tensor):
     return theta[rows] if torch.is_tensor(theta) and theta.dim() == 2 and theta.shape[0] > 1 else theta
 
 
+def extreme_rows(y: torch.Tensor, tau: float) -> torch.Tensor:
+    """``[N]`` bool: rows of ``y [N, L]`` with a NaN, an infinity, or a current so large (above ``max (1 - tau) / 4``,
+    ``max`` the dtype's largest number) that a scan could overflow; :func:`fixed_point` runs them sequentially."""
+    limit = torch.finfo(y.dtype).max * (1.0 - tau) / 4.0
+    return ~(y.abs() <= limit).all(dim=1)  # NaN compares false
+
+
 def fixed_point(y: torch.Tensor, guess: torch.Tensor, tau: float, theta=1.0, max_iters: int = 64,
                 finish: bool = True, sweep: int = 0, membrane=None) -> tuple[torch.Tensor, torch.Tensor, FixedPointStats]:
     """Exact LIF spikes and pre-reset membrane of rows ``y [N, L]`` from a spike guess ``[N, L]`` (bool).
@@ -128,8 +150,13 @@ def fixed_point(y: torch.Tensor, guess: torch.Tensor, tau: float, theta=1.0, max
     only on rows whose spikes changed, until none changes; phase 2 (:func:`polish`) makes the membrane of the rows
     with a value within :func:`rounding_margin` of ``theta`` the sequential run's bit for bit (elsewhere rounding
     cannot flip a spike). Each phase stops after ``max_iters`` steps; rows still changing are then run sequentially
-    when ``finish`` (exact), or left as they are. Returns ``(spikes bool [N, L], h [N, L], stats)``.
+    when ``finish`` (exact), or left as they are. Rows with non-finite or huge currents (:func:`extreme_rows`) run
+    sequentially from the start, apart from the others (which never see them). Returns ``(spikes bool [N, L],
+    h [N, L], stats)``.
     """
+    extreme = extreme_rows(y, tau)
+    if extreme.any():
+        return _apart(y, guess, tau, theta, extreme, max_iters, finish, sweep, membrane)
     n, length = y.shape
     bound = float(y.abs().max()) if y.numel() else 0.0
     levels = scan_levels(tau, length, y.dtype, bound)
@@ -146,7 +173,8 @@ def fixed_point(y: torch.Tensor, guess: torch.Tensor, tau: float, theta=1.0, max
         flips = part_s != spikes[active]
         changed = flips.any(dim=1)
         if sweep and iteration >= SWEEP_AFTER and changed.any():
-            _sweep(y, part_h, part_s, flips, changed, active, tau, _threshold_rows(theta, active), sweep)
+            stats.extended += _sweep(y, part_h, part_s, flips, changed, active, tau, _threshold_rows(theta, active),
+                                     sweep)
         h[active], spikes[active] = part_h, part_s
         row_scans[active] += 1
         active = active[changed]
@@ -160,9 +188,32 @@ def fixed_point(y: torch.Tensor, guess: torch.Tensor, tau: float, theta=1.0, max
     return spikes, h, stats
 
 
-def _sweep(y, part_h, part_s, flips, changed, active, tau, theta, steps: int) -> None:
+def _apart(y, guess, tau, theta, extreme, max_iters, finish, sweep, membrane):
+    """:func:`fixed_point` on the ordinary rows and :func:`sequential` on the ``extreme`` ones ([N] bool)."""
+    rows, odd = (~extreme).nonzero()[:, 0], extreme.nonzero()[:, 0]
+    spikes = torch.zeros(y.shape, dtype=torch.bool, device=y.device)
+    h = torch.empty_like(y)
+    part_s, part_h, part = fixed_point(y[rows], guess[rows], tau, _threshold_rows(theta, rows), max_iters, finish,
+                                       sweep, membrane)
+    spikes[rows], h[rows] = part_s, part_h
+    odd_theta = _threshold_rows(theta, odd)
+    h[odd] = sequential(y[odd], tau, odd_theta)
+    spikes[odd] = h[odd] >= odd_theta
+    stats = FixedPointStats(torch.zeros(y.shape[0], dtype=torch.long, device=y.device),
+                            torch.zeros(y.shape[0], dtype=torch.long, device=y.device))
+    stats.row_scans[rows], stats.row_polish[rows] = part.row_scans, part.row_polish
+    for name in ("capped", "spike_capped", "capped_changes", "finished", "extended"):
+        setattr(stats, name, getattr(part, name))
+    stats.extreme = int(odd.numel())
+    stats.notes = part.notes + [f"{odd.numel()} rows with non-finite or huge currents run sequentially"]
+    return spikes, h, stats
+
+
+def _sweep(y, part_h, part_s, flips, changed, active, tau, theta, steps: int) -> int:
     """``steps`` sequential LIF steps after the first flipped spike of each changed row, in ``part_h``/``part_s``
-    (everything up to that spike is exact: before it the guess agreed with its own consequence)."""
+    (everything up to that spike is exact: before it the guess agreed with its own consequence); where the exact
+    part then ends in regular firing, the guess continues it to the row's end (:func:`_continue_regular`). Returns
+    the number of rows continued."""
     rows = changed.nonzero()[:, 0]
     length = y.shape[1]
     first = flips[rows].to(torch.int8).argmax(dim=1)
@@ -180,7 +231,37 @@ def _sweep(y, part_h, part_s, flips, changed, active, tau, theta, steps: int) ->
         s_t = h_t >= theta
         h[index, t], s[index, t] = h_t, s_t
         u = torch.where(s_t, 0.0, h_t)
+    continued = _continue_regular(s, (first + steps).clamp(max=length - 1))
     part_h[rows], part_s[rows] = h, s
+    return continued
+
+
+def _continue_regular(s: torch.Tensor, end: torch.Tensor, spikes: int = 4) -> int:
+    """Where the last ``spikes`` spikes up to ``end [R]`` of guess rows ``s [R, L]`` (bool, exact up to ``end``) are
+    evenly spaced, ``P`` apart, and none is due before ``end``, continue them after ``end`` with a spike every ``P``
+    steps (in place), up to the first one that the guess there has too: from a common spike on, two spike trains of
+    the same currents agree (the hard reset leaves exactly 0), so the guess is kept from there. Returns how many
+    rows. A constant current fires exactly periodically (each reset restarts the same float sequence) and a chain
+    of the wrong phase never meets it, so its spikes come out right at once; a slowly varying one stays right for a
+    stretch. Only a guess: the next scan checks it (without this a chain of regular firing advances ``sweep`` steps
+    per scan)."""
+    length = s.shape[1]
+    steps = torch.arange(length, device=s.device)
+    known = s & (steps <= end[:, None])
+    count, rank = known.sum(dim=1), known.cumsum(dim=1)
+    where = [torch.where(count > k, (known & (rank == (count - k)[:, None])).to(torch.int8).argmax(dim=1), -1)
+             for k in range(spikes)]  # where[k]: the (k+1)-th latest spike up to end
+    period = where[0] - where[1]
+    regular = (count >= spikes) & (period > 0) & (end - where[0] < period)
+    for k in range(1, spikes - 1):
+        regular &= where[k] - where[k + 1] == period
+    rows = regular.nonzero()[:, 0]
+    if rows.numel():
+        later = steps > end[rows, None]
+        due = later & ((steps - where[0][rows, None]) % period[rows, None] == 0)
+        meet = torch.where((due & s[rows]).any(dim=1), (due & s[rows]).to(torch.int8).argmax(dim=1), length)
+        s[rows] = torch.where(later & (steps < meet[:, None]), due, s[rows])
+    return int(rows.numel())
 
 
 def rounding_margin(tau: float, levels: int, dtype: torch.dtype, bound: float, peak: float) -> float:
