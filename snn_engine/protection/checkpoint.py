@@ -19,15 +19,8 @@ import torch
 
 from snn_engine.errors import RunFailed, UserError
 from snn_engine.protection.moved_targets import update_targets
+from snn_engine.protection.summary_file import fsync_dir as _fsync_dir
 from snn_engine.protection.torch_files import load_plain
-
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def atomic_save(obj: dict, path: str | os.PathLike, also: tuple[str | os.PathLike, ...] = ()) -> None:
