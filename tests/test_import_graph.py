@@ -125,7 +125,8 @@ def test_the_engine_shows_its_rooms(repo):
     rooms = {p.name for p in (repo / "snn_engine").iterdir() if (p / "__init__.py").is_file()}
     assert {"protection", "training", "measure", "data"} <= rooms
     somas = repo / "spiking_ssm" / "somas"
-    assert {"__init__.py", "lif_parallel.py", "lif_scan.py"} <= {p.name for p in somas.glob("*.py")}
+    assert {"__init__.py", "sdn.py", "lif.py", "sltt.py", "lif_parallel.py", "lif_scan.py"} <= {
+        p.name for p in somas.glob("*.py")}
     assert "def make_ssm_neuron" in (somas / "__init__.py").read_text()
     assert not (repo / "spiking_ssm" / "neurons.py").exists() and not (repo / "spiking_ssm" / "lif_parallel.py").exists()
 
