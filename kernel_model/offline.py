@@ -4,7 +4,7 @@
 does for a real call (integers equal to 1 become constants, integers that are multiples of 16 and 16-byte-aligned
 pointers get divisibility hints; the launcher's own binder runs on stand-in tensors), compiles to a cubin for
 ``sm_{arch}`` on the CPU, and reads registers, the stack frame and shared memory (``cuobjdump -res-usage``), the
-bytes of register spill stores and loads (``ptxas -v`` rerun on the kernel's PTX with Triton's own flags) and the
+bytes of register spill stores and loads (the ``ptxas -v`` log of Triton's own ptxas run) and the
 SASS with source lines (``nvdisasm -c -g``) into a :class:`KernelStats`. Spills show as the ``STACK`` frame (under the
 ABI, ``LOCAL`` stays 0) and as ``STL``/``LDL`` in the SASS. FP fusion is on, as the layer's launches pin it, unless a plan says
 otherwise (``fp_fusion=False``: the ``lif_parallel`` forward, whose float map must round as the sequential loop).
@@ -19,8 +19,11 @@ process without the interpreter (``python -m benchmarks.kernel_budget`` does).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import functools
 import hashlib
+import io
 import json
 import os
 import re
@@ -110,6 +113,44 @@ def _cache_key(source, options, arch: int) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
+# CUDAOptions fields that differ between sm_80 and sm_90 and that Triton's code generator reads only for fp8 operands
+_TARGET_OPTIONS = ("arch", "supported_fp8_dtypes", "deprecated_fp8_dot_operand_dtypes", "max_num_imprecise_acc_default")
+
+
+@functools.lru_cache(maxsize=None)
+def _folder_digest(folder: str) -> str:
+    """A hash of the paths and texts of the ``.py`` files in ``folder``: the IR carries file paths and line numbers."""
+    digest = hashlib.sha256()
+    for file in sorted(Path(folder).glob("*.py")):
+        digest.update(f"{file.resolve()}\0".encode() + file.read_bytes())
+    return digest.hexdigest()
+
+
+def _ttir_key(kernel, source, options) -> str:
+    """The key of the kernel's Triton IR (the first stage, before any target-specific pass): the source, its files
+    as they are now (the IR's source locations) and the options without the target's. A TTIR without fp8 types is
+    the same for every target (it is reused across archs only then; ``tests/test_kernel_model.py`` compares a kernel
+    compiled both ways)."""
+    import triton
+
+    kept = sorted((k, v) for k, v in options.__dict__.items() if k not in _TARGET_OPTIONS)
+    where = _folder_digest(str(Path(kernel.fn.__code__.co_filename).parent))
+    text = f"{source.hash()}|{where}|{kept}|{triton.__version__}|ttir"
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a renamed scratch file (parallel runs never read half a file); a
+    read-only cache folder is no error (nothing is cached, the results are the same)."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        scratch = path.with_suffix(f".{os.getpid()}.tmp")
+        scratch.write_text(text)
+        scratch.replace(path)
+    except OSError:
+        pass
+
+
 def _run(tool: Path, *args: str) -> str:
     done = subprocess.run([str(tool), *args], capture_output=True, text=True, check=True)
     return done.stdout
@@ -133,21 +174,6 @@ def _spills(text: str) -> tuple[int, int]:
     return (int(found.group(1)), int(found.group(2))) if found else (0, 0)
 
 
-def ptxas_spills(ptx: str, arch: int, fp_fusion: bool) -> tuple[int, int]:
-    """Rerun the ``ptxas`` Triton used for sm_{arch} on ``ptx`` with its flags and ``-v``; the spill bytes."""
-    from triton.backends.nvidia import compiler
-
-    ptxas = compiler.get_ptxas(arch).path
-    gpu = compiler.sm_arch_from_capability(arch)
-    with tempfile.TemporaryDirectory() as tmp:
-        source = Path(tmp) / "kernel.ptx"
-        source.write_text(ptx)
-        done = subprocess.run([ptxas, "-lineinfo", *([] if fp_fusion else ["--fmad=false"]), "-v",
-                               "--regAllocOptLevel=2", f"--gpu-name={gpu}", str(source), "-o",
-                               str(Path(tmp) / "kernel.o")], capture_output=True, text=True, check=True)
-    return _spills(done.stdout + done.stderr)
-
-
 def compile_for(kernel, args: tuple, constants: dict, arch: int, num_warps: int,
                 use_cache: bool = True, fp_fusion: bool = True) -> KernelStats:
     """Compile ``kernel`` for sm_{arch} with the launcher's specialisation of ``args``; its :class:`KernelStats`.
@@ -168,24 +194,27 @@ def compile_for(kernel, args: tuple, constants: dict, arch: int, num_warps: int,
 
     # always compiled afresh: a cubin from Triton's own cache (keyed by the kernel's source, not its file) carries
     # the line numbers and file path of whichever checkout compiled it first, and the basic blocks' source texts
-    # (a plan's ``guarded`` lines) are read through them
-    with triton.knobs.compilation.scope():
+    # (a plan's ``guarded`` lines) are read through them. The Triton IR of the same launch for another arch is
+    # reused (from the AST to TTIR is a third of a compile): it carries the source locations. ``ptxas -v``'s log
+    # (the spill bytes) is printed by Triton's own ptxas run, with the flags the launcher uses.
+    ttir = cache_dir() / f"{kernel.__name__}-{_ttir_key(kernel, source, options)}.ttir"
+    reuse = use_cache and ttir.exists()
+    log = io.StringIO()
+    with triton.knobs.compilation.scope(), triton.knobs.nvidia.scope(), contextlib.redirect_stdout(log):
         triton.knobs.compilation.always_compile = True
-        compiled = triton.compile(source, target=GPUTarget("cuda", arch, 32), options=options.__dict__)
+        triton.knobs.nvidia.dump_ptxas_log = True
+        compiled = triton.compile(str(ttir) if reuse else source, target=GPUTarget("cuda", arch, 32),
+                                  options=options.__dict__)
+    if use_cache and not reuse and "f8E" not in compiled.asm["ttir"]:
+        _write_atomic(ttir, compiled.asm["ttir"])
     with tempfile.TemporaryDirectory() as tmp:
         cubin = Path(tmp) / "kernel.cubin"
         cubin.write_bytes(compiled.asm["cubin"])
         registers, stack, shared = _resources(_run(folder / "cuobjdump", "-res-usage", str(cubin)))
-        sass = count_sass(_run(folder / "nvdisasm", "-c", "-g", str(cubin)))
-    stores, loads = ptxas_spills(compiled.asm["ptx"], arch, fp_fusion)
+        sass = count_sass(_run(folder / "nvdisasm", "-c", "-g", "-ndf", str(cubin)))
+    stores, loads = _spills(log.getvalue())
     stats = KernelStats(kernel.__name__, arch, num_warps, registers, stack, stores, loads,
                         max(shared, int(compiled.metadata.shared)), sass)
     if use_cache:
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            scratch = path.with_suffix(f".{os.getpid()}.tmp")
-            scratch.write_text(json.dumps(stats.to_json()))
-            scratch.replace(path)  # atomic: parallel runs never read half a file
-        except OSError:  # a read-only home: no cache, the same result
-            pass
+        _write_atomic(path, json.dumps(stats.to_json()))
     return stats

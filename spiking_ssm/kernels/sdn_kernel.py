@@ -24,6 +24,11 @@ if triton is not None:
 
     from spiking_ssm.kernels.tiles import _columns, _rows4
 
+    # Every @triton.jit helper is generated once per distinct set of argument types and constexpr values, and each
+    # generation unpacks its tuple arguments: the 154 weights are taken apart once per unit (``_row``), and the
+    # network below receives only a unit's nine numbers, so Triton generates ~20 helpers that see the whole tuple
+    # instead of ~200 (they were two thirds of a compile). The arithmetic, its order and the order of the float64
+    # kernel's weight loads are unchanged (the compiled SASS is the same).
     @triton.jit
     def _w(W, i: tl.constexpr, W_IN_ARGS: tl.constexpr):
         """Weight ``i``: a kernel argument (constant bank) or a load from the weight tensor."""
@@ -33,45 +38,60 @@ if triton is not None:
             return tl.load(W + i)
 
     @triton.jit
-    def _chain8(W, at: tl.constexpr, bias, a0, a1, a2, a3, a4, a5, a6, a7, W_IN_ARGS: tl.constexpr):
-        """``bias + sum_j W[at + j] a_j`` as one chain of 8 FMAs."""
-        acc = bias + _w(W, at, W_IN_ARGS) * a0
-        acc = acc + _w(W, at + 1, W_IN_ARGS) * a1
-        acc = acc + _w(W, at + 2, W_IN_ARGS) * a2
-        acc = acc + _w(W, at + 3, W_IN_ARGS) * a3
-        acc = acc + _w(W, at + 4, W_IN_ARGS) * a4
-        acc = acc + _w(W, at + 5, W_IN_ARGS) * a5
-        acc = acc + _w(W, at + 6, W_IN_ARGS) * a6
-        return acc + _w(W, at + 7, W_IN_ARGS) * a7
+    def _row(W, at: tl.constexpr, bias_at: tl.constexpr, W_IN_ARGS: tl.constexpr):
+        """One unit's numbers ``(bias, w_0 .. w_7)``: ``W[bias_at]`` and ``W[at .. at + 7]``; with the weights in
+        memory, the bias and the addresses of the eight weights (each loaded where the chain uses it)."""
+        if W_IN_ARGS:
+            return W[bias_at], W[at], W[at + 1], W[at + 2], W[at + 3], W[at + 4], W[at + 5], W[at + 6], W[at + 7]
+        else:
+            return (tl.load(W + bias_at), W + at, W + at + 1, W + at + 2, W + at + 3, W + at + 4, W + at + 5,
+                    W + at + 6, W + at + 7)
 
     @triton.jit
-    def _unit(W, c: tl.constexpr, w_at: tl.constexpr, b_at: tl.constexpr, a0, a1, a2, a3, a4, a5, a6, a7,
-              W_IN_ARGS: tl.constexpr):
-        """``relu(b[c] + sum_j w[c, j] a_j)`` for the [8, 8] weight at ``w_at`` and bias at ``b_at``."""
-        bias = _w(W, b_at + c, W_IN_ARGS)
-        return tl.maximum(_chain8(W, w_at + 8 * c, bias, a0, a1, a2, a3, a4, a5, a6, a7, W_IN_ARGS), 0.0)
+    def _value(w, W_IN_ARGS: tl.constexpr):
+        """A weight from :func:`_row`: itself (a kernel argument), or the load from its address."""
+        if W_IN_ARGS:
+            return w
+        else:
+            return tl.load(w)
+
+    @triton.jit
+    def _chain8(row, a0, a1, a2, a3, a4, a5, a6, a7, W_IN_ARGS: tl.constexpr):
+        """``bias + sum_j w_j a_j`` as one chain of 8 FMAs (``row = (bias, w_0 .. w_7)``, from :func:`_row`)."""
+        acc = row[0] + _value(row[1], W_IN_ARGS) * a0
+        acc = acc + _value(row[2], W_IN_ARGS) * a1
+        acc = acc + _value(row[3], W_IN_ARGS) * a2
+        acc = acc + _value(row[4], W_IN_ARGS) * a3
+        acc = acc + _value(row[5], W_IN_ARGS) * a4
+        acc = acc + _value(row[6], W_IN_ARGS) * a5
+        acc = acc + _value(row[7], W_IN_ARGS) * a6
+        return acc + _value(row[8], W_IN_ARGS) * a7
+
+    @triton.jit
+    def _unit(row, a0, a1, a2, a3, a4, a5, a6, a7, W_IN_ARGS: tl.constexpr):
+        """``relu(bias + sum_j w_j a_j)``: one unit of an [8, 8] layer."""
+        return tl.maximum(_chain8(row, a0, a1, a2, a3, a4, a5, a6, a7, W_IN_ARGS), 0.0)
+
+    @triton.jit
+    def _layer(W, w_at: tl.constexpr, b_at: tl.constexpr, a0, a1, a2, a3, a4, a5, a6, a7, W_IN_ARGS: tl.constexpr):
+        """``relu(b + w a)`` for the [8, 8] weight at ``w_at`` and the bias at ``b_at``: eight outputs."""
+        h0 = _unit(_row(W, w_at, b_at, W_IN_ARGS), a0, a1, a2, a3, a4, a5, a6, a7, W_IN_ARGS)
+        h1 = _unit(_row(W, w_at + 8, b_at + 1, W_IN_ARGS), a0, a1, a2, a3, a4, a5, a6, a7, W_IN_ARGS)
+        h2 = _unit(_row(W, w_at + 16, b_at + 2, W_IN_ARGS), a0, a1, a2, a3, a4, a5, a6, a7, W_IN_ARGS)
+        h3 = _unit(_row(W, w_at + 24, b_at + 3, W_IN_ARGS), a0, a1, a2, a3, a4, a5, a6, a7, W_IN_ARGS)
+        h4 = _unit(_row(W, w_at + 32, b_at + 4, W_IN_ARGS), a0, a1, a2, a3, a4, a5, a6, a7, W_IN_ARGS)
+        h5 = _unit(_row(W, w_at + 40, b_at + 5, W_IN_ARGS), a0, a1, a2, a3, a4, a5, a6, a7, W_IN_ARGS)
+        h6 = _unit(_row(W, w_at + 48, b_at + 6, W_IN_ARGS), a0, a1, a2, a3, a4, a5, a6, a7, W_IN_ARGS)
+        h7 = _unit(_row(W, w_at + 56, b_at + 7, W_IN_ARGS), a0, a1, a2, a3, a4, a5, a6, a7, W_IN_ARGS)
+        return h0, h1, h2, h3, h4, h5, h6, h7
 
     @triton.jit
     def _z(W, x0, x1, x2, x3, x4, x5, x6, x7, y, W_IN_ARGS: tl.constexpr):
         """``m + y - 1`` for one time step from its eight past currents ``x0 = y[t-8] .. x7 = y[t-1]``.
         Layout of ``W``: conv1 [8, 8] at 0, bias at 64; conv2 + I [8, 8] at 72, bias at 136; conv3 at 144, bias 152."""
-        h0 = _unit(W, 0, 0, 64, x0, x1, x2, x3, x4, x5, x6, x7, W_IN_ARGS)
-        h1 = _unit(W, 1, 0, 64, x0, x1, x2, x3, x4, x5, x6, x7, W_IN_ARGS)
-        h2 = _unit(W, 2, 0, 64, x0, x1, x2, x3, x4, x5, x6, x7, W_IN_ARGS)
-        h3 = _unit(W, 3, 0, 64, x0, x1, x2, x3, x4, x5, x6, x7, W_IN_ARGS)
-        h4 = _unit(W, 4, 0, 64, x0, x1, x2, x3, x4, x5, x6, x7, W_IN_ARGS)
-        h5 = _unit(W, 5, 0, 64, x0, x1, x2, x3, x4, x5, x6, x7, W_IN_ARGS)
-        h6 = _unit(W, 6, 0, 64, x0, x1, x2, x3, x4, x5, x6, x7, W_IN_ARGS)
-        h7 = _unit(W, 7, 0, 64, x0, x1, x2, x3, x4, x5, x6, x7, W_IN_ARGS)
-        g0 = _unit(W, 0, 72, 136, h0, h1, h2, h3, h4, h5, h6, h7, W_IN_ARGS)
-        g1 = _unit(W, 1, 72, 136, h0, h1, h2, h3, h4, h5, h6, h7, W_IN_ARGS)
-        g2 = _unit(W, 2, 72, 136, h0, h1, h2, h3, h4, h5, h6, h7, W_IN_ARGS)
-        g3 = _unit(W, 3, 72, 136, h0, h1, h2, h3, h4, h5, h6, h7, W_IN_ARGS)
-        g4 = _unit(W, 4, 72, 136, h0, h1, h2, h3, h4, h5, h6, h7, W_IN_ARGS)
-        g5 = _unit(W, 5, 72, 136, h0, h1, h2, h3, h4, h5, h6, h7, W_IN_ARGS)
-        g6 = _unit(W, 6, 72, 136, h0, h1, h2, h3, h4, h5, h6, h7, W_IN_ARGS)
-        g7 = _unit(W, 7, 72, 136, h0, h1, h2, h3, h4, h5, h6, h7, W_IN_ARGS)
-        m = _chain8(W, 144, _w(W, 152, W_IN_ARGS), g0, g1, g2, g3, g4, g5, g6, g7, W_IN_ARGS)
+        h = _layer(W, 0, 64, x0, x1, x2, x3, x4, x5, x6, x7, W_IN_ARGS)
+        g = _layer(W, 72, 136, h[0], h[1], h[2], h[3], h[4], h[5], h[6], h[7], W_IN_ARGS)
+        m = _chain8(_row(W, 144, 152, W_IN_ARGS), g[0], g[1], g[2], g[3], g[4], g[5], g[6], g[7], W_IN_ARGS)
         return m + y - 1.0
 
     @triton.jit
