@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 UV := $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
 PY := .venv/bin/python
-TEST_JOBS ?= 2  # pytest-xdist workers (each test file stays on one worker, with its fixtures)
+TEST_JOBS ?= 2  # pytest-xdist workers (each test file stays on one worker, with its fixtures; tests/conftest.py orders them)
 
 .PHONY: setup train test test-fast benchmark docs clean
 
@@ -19,10 +19,10 @@ train: setup
 	$(PY) train.py
 
 test: setup
-	WANDB_MODE=disabled $(PY) -m pytest -q -n $(TEST_JOBS) --dist loadfile
+	WANDB_MODE=disabled $(PY) -m pytest -q -n $(TEST_JOBS) --dist loadfile --no-loadscope-reorder
 
 test-fast: setup
-	WANDB_MODE=disabled $(PY) -m pytest -q -n $(TEST_JOBS) --dist loadfile -m "not slow"
+	WANDB_MODE=disabled $(PY) -m pytest -q -n $(TEST_JOBS) --dist loadfile --no-loadscope-reorder -m "not slow"
 
 benchmark: setup
 	$(PY) benchmarks/train_throughput.py

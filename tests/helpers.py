@@ -28,7 +28,8 @@ def compose_train(overrides: list[str]):
 
 def run_cli(script: str, args: list[str], cwd: Path, torchrun_procs: int = 0, timeout: int = 600) -> subprocess.CompletedProcess:
     """Run ``train.py``/``eval.py`` (optionally under torchrun) in a subprocess with W&B off."""
-    env = {**os.environ, "WANDB_MODE": "disabled", "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1" if torchrun_procs else "2"}
+    env = {**os.environ, "WANDB_MODE": "disabled", "PYTHONUNBUFFERED": "1",
+           "OMP_NUM_THREADS": "1" if torchrun_procs else os.environ.get("OMP_NUM_THREADS", "2")}  # see conftest.py
     if torchrun_procs:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={torchrun_procs}",
                str(REPO / script), *args]

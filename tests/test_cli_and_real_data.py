@@ -36,7 +36,7 @@ def test_sigterm_writes_checkpoint_then_exits(tmp_path):
     run_dir = tmp_path / "train" / "pre"
     args = TINY + ["trainer.epochs=100", "trainer.val_every_n_steps=2", "trainer.limit_val_batches=1",
                    f"paths.output={tmp_path}", "run_name=pre"]
-    env = {**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "2"}
+    env = {**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}
     proc = subprocess.Popen([sys.executable, str(REPO / "train.py"), *args], cwd=tmp_path, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:

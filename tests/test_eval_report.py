@@ -10,7 +10,8 @@ from hydra import compose, initialize_config_dir
 
 from snn_engine import run
 from snn_engine.errors import UserError
-from tests.helpers import REPO, TINY, compose_train, run_cli
+from tests.cli_fork import run_forked
+from tests.helpers import REPO, TINY, compose_train
 
 PNG = b"\x89PNG\r\n\x1a\n"
 SSM_TINY = ["experiment=seq/shapes", "logger=none", "trainer.progress_bar=false", "trainer.epochs=1",
@@ -95,7 +96,7 @@ def test_ssm_eval_paper_convention_and_rate_along_sequence(ssm_ckpt, tmp_path):
 
 @pytest.mark.slow
 def test_eval_cli_prints_the_three_tables(mixer_ckpt, tmp_path):
-    done = run_cli("eval.py", [f"ckpt={mixer_ckpt}", "mfi=true", f"paths.output={tmp_path}", "run_name=e",
+    done = run_forked("eval.py", [f"ckpt={mixer_ckpt}", "mfi=true", f"paths.output={tmp_path}", "run_name=e",
                                "logger=none", "trainer.precision=64", "dataset.batch_size=48"], tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     text = done.stdout + done.stderr
@@ -103,6 +104,6 @@ def test_eval_cli_prints_the_three_tables(mixer_ckpt, tmp_path):
         assert expected in text
     summary = json.loads((tmp_path / "eval" / "e" / "summary.json").read_text())
     assert summary["mfi"]["max_logit_diff"] < 1e-9  # the training-config overrides reached the checkpoint's config
-    done = run_cli("eval.py", [f"ckpt={mixer_ckpt}", "energy.convention=nope", "logger=none",
+    done = run_forked("eval.py", [f"ckpt={mixer_ckpt}", "energy.convention=nope", "logger=none",
                                f"paths.output={tmp_path}", "run_name=bad"], tmp_path)
     assert done.returncode == 1 and "convention" in done.stderr.strip().splitlines()[-1]

@@ -77,13 +77,14 @@ def test_wt103_recipe_trains_two_steps_on_a_fixture(tmp_path):
 
 def test_two_process_lm_training_equals_one_process(tmp_path):
     """DDP for the language model: same weights, and every validation token counted once (no sampler padding)."""
+    from tests.cli_fork import run_forked
     from tests.helpers import load_weights, run_cli
 
     common = QUIET + ["experiment=lm/embedded", "trainer.precision=64", "trainer.epochs=1", "trainer.limit_train_batches=2",
                       "dataset.train_tokens=20000", "dataset.val_tokens=1500", "dataset.test_tokens=1500",
                       "dataset.max_length=32", "model.d_model=32", "model.n_layers=1", "dataset.num_workers=0",
                       "optimizer.lr=0.01", "scheduler.warmup=0", f"paths.output={tmp_path}"]
-    single = run_cli("train.py", common + ["run_name=one", "dataset.batch_size=8"], tmp_path)
+    single = run_forked("train.py", common + ["run_name=one", "dataset.batch_size=8"], tmp_path)
     assert single.returncode == 0, single.stderr[-3000:]
     double = run_cli("train.py", common + ["run_name=two", "dataset.batch_size=4"], tmp_path, torchrun_procs=2)
     assert double.returncode == 0, double.stderr[-3000:]

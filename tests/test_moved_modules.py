@@ -9,9 +9,7 @@ spiking_ssm.pretrain_sdn`` say their new names in one line on stderr and run the
 from __future__ import annotations
 
 import importlib
-import os
 import subprocess
-import sys
 
 import pytest
 import torch
@@ -19,6 +17,7 @@ import torch
 from snn_engine.protection import checkpoint as ckpt_io
 from snn_engine.protection import trust
 from snn_engine.protection.moved_targets import MOVED, update_targets
+from tests.cli_fork import run_forked
 from tests.helpers import REPO, compose_train
 from tests.lm_fixtures import write_wikitext
 from tests.test_lm_faults import lm_checkpoint
@@ -113,9 +112,8 @@ def test_resuming_from_an_old_checkpoint_sees_no_change_from_the_move(old_and_ne
 
 
 def _run(module: str, args: list[str]) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(REPO), "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=300)
+    """``python -m module args`` in the repository (a forked child: see tests/cli_fork.py)."""
+    return run_forked(f"-m {module}", args, REPO, timeout=300)
 
 
 @pytest.mark.parametrize("old, new, args", [

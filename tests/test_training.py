@@ -8,6 +8,7 @@ import torch
 from snn_engine import run
 from snn_engine.errors import UserError
 from snn_engine.training.evaluation import evaluate_model
+from tests.cli_fork import run_forked
 from tests.helpers import TINY, compose_train, load_weights, read_summary, run_cli
 
 
@@ -77,7 +78,7 @@ def test_resume_auto_starts_fresh_then_continues(tmp_path):
 def test_two_process_ddp_equals_one_process(tmp_path):
     common = TINY + ["trainer.epochs=1", "trainer.limit_train_batches=3", "trainer.precision=64", "trainer.sync_bn=true",
                      f"paths.output={tmp_path}", "optimizer=sgd", "optimizer.lr=0.05"]
-    single = run_cli("train.py", common + ["run_name=one", "dataset.batch_size=32"], tmp_path)
+    single = run_forked("train.py", common + ["run_name=one", "dataset.batch_size=32"], tmp_path)
     assert single.returncode == 0, single.stderr[-3000:]
     double = run_cli("train.py", common + ["run_name=two", "dataset.batch_size=16", "trainer.limit_train_batches=3"],
                      tmp_path, torchrun_procs=2)
@@ -93,7 +94,7 @@ def test_two_process_ddp_equals_one_process(tmp_path):
 
 
 def test_missing_data_directory_is_one_clear_line(tmp_path):
-    done = run_cli("train.py", ["dataset=mnist", f"paths.data={tmp_path / 'nowhere'}", f"paths.output={tmp_path / 'out'}",
+    done = run_forked("train.py", ["dataset=mnist", f"paths.data={tmp_path / 'nowhere'}", f"paths.output={tmp_path / 'out'}",
                                 "logger=none"], tmp_path)
     assert done.returncode == 1
     lines = [line for line in done.stderr.strip().splitlines() if line.strip()]
@@ -102,13 +103,13 @@ def test_missing_data_directory_is_one_clear_line(tmp_path):
 
 
 def test_unknown_config_value_lists_options(tmp_path):
-    done = run_cli("train.py", ["model=no_such_model"], tmp_path)
+    done = run_forked("train.py", ["model=no_such_model"], tmp_path)
     assert done.returncode != 0
     assert "no_such_model" in done.stderr and "sparse_mlp_s" in done.stderr
 
 
 def test_constructor_error_through_hydra_is_one_line(tmp_path):
-    done = run_cli("train.py", ["model.dim=32", "logger=none", f"paths.output={tmp_path / 'out'}"], tmp_path)
+    done = run_forked("train.py", ["model.dim=32", "logger=none", f"paths.output={tmp_path / 'out'}"], tmp_path)
     assert done.returncode == 1
     lines = [line for line in done.stderr.splitlines() if line.strip()]
     assert lines[-1].startswith("error: model.dim=32 must be a multiple of 3"), done.stderr[-2000:]
@@ -150,7 +151,7 @@ def test_ema_accumulation_and_eval_of_ema_weights(tmp_path, caplog):
     assert "val_ema/acc1" in summary["final"]
     state = torch.load(tmp_path / "t" / "checkpoints" / "last.pt", weights_only=True)
     assert state["ema"] is not None and not torch.equal(state["ema"]["head.weight"], state["model"]["head.weight"])
-    done = run_cli("eval.py", [f"ckpt={tmp_path / 't' / 'checkpoints' / 'last.pt'}", "use_ema=true", "logger=none",
+    done = run_forked("eval.py", [f"ckpt={tmp_path / 't' / 'checkpoints' / 'last.pt'}", "use_ema=true", "logger=none",
                                f"paths.output={tmp_path}", "run_name=e"], tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     assert read_summary(tmp_path / "eval" / "e")["val"]["acc1"] == pytest.approx(summary["final"]["val_ema/acc1"])
