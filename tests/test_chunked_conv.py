@@ -260,6 +260,7 @@ def test_under_autocast_the_fft_path_keeps_its_s4d_kernel_in_float32():
         assert _relative(fft.current(u).double(), exact.double()) < 2e-6
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("bidirectional", [False, True])
 def test_the_sdn_soma_fused_behind_the_chunked_kernel_equals_the_unfused_layer(bidirectional):
     """Through Triton's interpreter: ``fuse_soma`` (the sdn soma computes the currents itself) against the same

@@ -97,6 +97,7 @@ def _compare(shape, bidirectional, dtype):
     return int(differ.sum()), int((differ & (z.abs() >= 1e-5)).sum()), errors
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("bidirectional", [False, True], ids=["causal", "bidirectional"])
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
 def test_float64_equals_unfused_path(shape, bidirectional):
@@ -105,6 +106,7 @@ def test_float64_equals_unfused_path(shape, bidirectional):
     assert all(error <= 1e-10 for error in errors.values()), errors
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("bidirectional", [False, True], ids=["causal", "bidirectional"])
 @pytest.mark.parametrize("shape", [SHAPES[0], SHAPES[3]], ids=lambda s: "x".join(map(str, s)))
 def test_float32_equals_unfused_path(shape, bidirectional):

@@ -52,6 +52,7 @@ def test_timer_runs_baseline_then_compiles_then_measures():
     assert off.initial(net) is net and off.phase is None and off.report() is None
 
 
+@pytest.mark.slow
 def test_compiled_training_equals_eager_training(tmp_path):
     base = TINY + ["trainer.max_steps=6", "trainer.epochs=1", "optimizer=sgd", "optimizer.lr=0.05"]
     run.train(compose_train(base), tmp_path / "eager")
@@ -73,6 +74,7 @@ def test_compiled_training_equals_eager_training(tmp_path):
     ["experiment=lm/embedded", "dataset.train_tokens=5000", "dataset.val_tokens=500", "dataset.test_tokens=500",
      "model.d_model=32"],
 ], ids=["sparse_mlp_tiny", "spiking_lm"])
+@pytest.mark.slow
 def test_training_forward_traces_as_one_graph(overrides):
     """No graph breaks (a break per layer would also split every CUDA graph under reduce-overhead)."""
     from hydra.utils import instantiate

@@ -52,6 +52,7 @@ def check_common(summary: dict, run_dir) -> None:
     assert json.loads((run_dir / "summary.json").read_text())["ops"]["total"]["ac"] == pytest.approx(total["ac"])
 
 
+@pytest.mark.slow
 def test_mixer_eval_with_mfi_reports_audit_and_equal_logits(mixer_ckpt, tmp_path):
     cfg = compose_eval([f"ckpt={mixer_ckpt}", "mfi=true", "position_bn=replicate", "nir=true"])
     summary = run.evaluate(cfg, tmp_path, ["trainer.precision=64"])
@@ -70,6 +71,7 @@ def test_mixer_eval_with_mfi_reports_audit_and_equal_logits(mixer_ckpt, tmp_path
     assert summary["nir"]["reimport_max_abs_diff"] < 1e-9  # read back by SpikingJelly's import_from_nir
 
 
+@pytest.mark.slow
 def test_mixer_eval_without_mfi_counts_unfolded_batchnorms(mixer_ckpt, tmp_path):
     summary = run.evaluate(compose_eval([f"ckpt={mixer_ckpt}", "figures=false", "energy.e_ac=1.0"]), tmp_path, [])
     assert "mfi" not in summary and "figures" not in summary
@@ -79,6 +81,7 @@ def test_mixer_eval_without_mfi_counts_unfolded_batchnorms(mixer_ckpt, tmp_path)
     assert total["energy_pj"] == pytest.approx(1.0 * total["ac"] + 4.6 * total["mac"])
 
 
+@pytest.mark.slow
 def test_ssm_eval_paper_convention_and_rate_along_sequence(ssm_ckpt, tmp_path):
     summary = run.evaluate(compose_eval([f"ckpt={ssm_ckpt}", "energy.convention=ssm_paper"]), tmp_path, [])
     check_common(summary, tmp_path)

@@ -121,6 +121,7 @@ def test_a_run_name_holding_checkpoints_is_refused_without_resume(tmp_path, fini
     assert not any((tmp_path / "out" / "train" / "empty").iterdir())
 
 
+@pytest.mark.slow
 def test_runs_started_together_get_their_own_folders(tmp_path):
     env = {**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}
     args = [*SMALL, "trainer.epochs=1", "trainer.max_steps=1", f"paths.output={tmp_path / 'out'}"]
@@ -133,6 +134,7 @@ def test_runs_started_together_get_their_own_folders(tmp_path):
     assert all(len((f / "train.log").read_text().split("model ")) == 2 for f in folders)  # one run's log each
 
 
+@pytest.mark.slow
 def test_a_live_run_folder_cannot_be_entered_by_a_second_job(tmp_path):
     env = {**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}
     args = [*SMALL, "trainer.epochs=1000", "trainer.val_every_n_steps=1", "run_name=shared", "trainer.resume=auto",
@@ -231,6 +233,7 @@ def assert_consistent(run: Path) -> None:
     assert not list((run / "checkpoints").glob(".*.tmp"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("rename", [1, 2, 3])
 def test_kill_inside_a_checkpoint_write_then_resume(tmp_path, rename):
     """Renames: 1 = best.pt of the first validation, 2 = its last.pt, 3 = the second validation's first file."""
@@ -244,6 +247,7 @@ def test_kill_inside_a_checkpoint_write_then_resume(tmp_path, rename):
     assert_consistent(run)
 
 
+@pytest.mark.slow
 def test_kill_at_a_random_time_then_resume(tmp_path):
     env = {**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}
     args = [*SMALL, "run_name=r", "trainer.resume=auto", "trainer.val_every_n_steps=1", f"paths.output={tmp_path / 'out'}"]
@@ -317,6 +321,7 @@ def full_disk_at_the_summary():
     summary_file.write_atomic = write_atomic
 
 
+@pytest.mark.slow
 def test_eval_with_a_full_disk_at_the_summary_is_one_line_and_keeps_its_log(tmp_path, finished):
     before = snapshot(finished)
     done = run_forked("eval.py", ["logger=none", "figures=false", f"ckpt={finished / 'checkpoints' / 'best.pt'}",

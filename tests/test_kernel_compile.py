@@ -42,6 +42,7 @@ def report(tmp_path_factory):
     return json.loads(out.read_text())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", ARCHS)
 def test_every_kernel_compiles_without_undeclared_spills_within_budget(report, arch):
     rows = [row for row in report if row["arch"] == int(arch)]
@@ -66,6 +67,7 @@ def test_every_kernel_compiles_without_undeclared_spills_within_budget(report, a
     assert spilled and all(stated(label) for label in spilled), spilled  # seen, and stated by their plans
 
 
+@pytest.mark.slow
 def test_model_reflects_latency(report):
     """Single-stage SLTT configs (lanes a row apart, one round trip per 8 steps) wait on latency; the pipelined
     (cp.async) ones reach the DRAM floor; the SDN forward's exposed round trips put it above its issue bound."""
@@ -156,6 +158,7 @@ print(json.dumps({"saved": saved, "calls": len(calls), "same": reused == direct,
 """
 
 
+@pytest.mark.slow
 def test_the_ir_reused_for_another_arch_compiles_to_the_same_machine_code(tmp_path):
     """``compile_for`` keeps a launch's Triton IR and compiles the next arch from it (a third less work): the
     registers, spills and SASS (with the source lines of its guarded branches) equal those of a compile from the AST."""

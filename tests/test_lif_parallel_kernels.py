@@ -39,7 +39,8 @@ def _sequential(y: torch.Tensor, tau: float) -> tuple[torch.Tensor, torch.Tensor
     return h >= 1.0, h
 
 
-@pytest.mark.parametrize("length", [1, 5, 64, 65, 300])
+@pytest.mark.parametrize("length", [1, 5, 64, pytest.param(65, marks=pytest.mark.slow),
+                                    pytest.param(300, marks=pytest.mark.slow)])
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_forward_equals_the_sequential_lif(length, dtype):
     for tau in (0.05, 0.125, 0.6, 0.95):
@@ -77,6 +78,7 @@ def test_sweeps_shorten_chains_of_regular_firing():
     assert swept[2].chunk_scans.sum() < plain[2].chunk_scans.sum()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_the_rounding_path_is_the_sequential_neuron_bit_for_bit(dtype):
     """A wide doubtful band sends steps through the float map, from the latest reset (replaying earlier chunks when
@@ -92,6 +94,7 @@ def test_the_rounding_path_is_the_sequential_neuron_bit_for_bit(dtype):
                 assert any("sequential steps replayed" in note for note in stats.notes)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_capped_chunks_are_finished_exactly_or_reported(dtype):
     y = _rows(300, dtype, seed=8, rows=8)
@@ -123,6 +126,7 @@ def _lif(y: torch.Tensor, tau: float) -> torch.Tensor:
     return soma(y.cpu().T.unsqueeze(-1))[..., 0].T.bool()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_on_threshold_currents_equal_the_lif_soma(dtype):
     """Currents that put the membrane exactly on the threshold or one ulp beside it, in chains (6 rows x 150 steps,
@@ -150,6 +154,7 @@ def test_the_fused_soma_equals_lif_in_spikes_and_gradient_on_threshold_currents(
     torch.testing.assert_close(results[0][1], results[1][1], rtol=1e-10, atol=1e-10)
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_non_finite_currents_follow_the_lif_soma_in_their_own_row(dtype):

@@ -14,6 +14,7 @@ from tests.lm_fixtures import write_wikitext
 QUIET = ["logger=none", "trainer.progress_bar=false", "trainer.accelerator=cpu", "trainer.precision=32"]
 
 
+@pytest.mark.slow
 def test_embedded_lm_learns_evaluates_on_both_splits_and_generates(tmp_path, capsys):
     small = ["dataset.train_tokens=80000", "dataset.val_tokens=4000", "dataset.test_tokens=4000", "dataset.max_length=64",
              "model.d_model=64", "trainer.epochs=2", "scheduler.warmup=10"]
@@ -64,6 +65,7 @@ def test_wt103_recipe_builds_at_the_papers_size():
     assert sum(p.numel() for p in model.parameters()) == 75_399_034  # the reference's 35.77M + 39.63M = 75.4M
 
 
+@pytest.mark.slow
 def test_wt103_recipe_trains_two_steps_on_a_fixture(tmp_path):
     info = write_wikitext(tmp_path / "data")
     overrides = ["experiment=lm/wt103", f"paths.data={info.root}", "dataset.vocab_size=null", "dataset.num_classes=null",
@@ -75,6 +77,7 @@ def test_wt103_recipe_trains_two_steps_on_a_fixture(tmp_path):
     assert summary["num_params"] > 35_766_272  # the full-width backbone, a fixture-size vocabulary
 
 
+@pytest.mark.slow
 def test_two_process_lm_training_equals_one_process(tmp_path):
     """DDP for the language model: same weights, and every validation token counted once (no sampler padding)."""
     from tests.cli_fork import run_forked

@@ -306,6 +306,7 @@ def read_until(proc: subprocess.Popen, enough, timeout: float) -> str:
     return text.decode("utf-8")
 
 
+@pytest.mark.slow
 def test_generate_prints_words_as_they_come_and_ctrl_c_keeps_them(trained):
     ckpt, wiki = trained
     proc = generate_process([f"ckpt={ckpt}", "prompt=The river", "max_new_tokens=1000000", "seed=1"])
@@ -326,6 +327,7 @@ def test_generate_prints_words_as_they_come_and_ctrl_c_keeps_them(trained):
     assert all(w in words for w in out.split())  # whole words, the last one included
 
 
+@pytest.mark.slow
 def test_the_command_line_refuses_a_typo_with_one_line_and_no_traceback(trained):
     ckpt, _ = trained
     proc = generate_process([f"ckpt={ckpt}", "temprature=0.5"])

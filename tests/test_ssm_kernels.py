@@ -21,7 +21,7 @@ from spiking_ssm.s4d import S4DKernel, fft_conv, vandermonde_kernel
 from spiking_ssm.sdn.network import SDN, reduce_sdn
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-LENGTHS = [1, 5, 8, 9, 263]  # 263: two SDN blocks of 256, the second partial
+LENGTHS = [1, 5, 8, 9, pytest.param(263, marks=pytest.mark.slow)]  # 263: two SDN blocks of 256, the second partial
 
 
 @pytest.fixture(autouse=True)
@@ -93,6 +93,7 @@ def test_fused_sdn_equals_torch_reference(length, dtype, layout):
     _assert_same(spikes, grad, ref_spikes, ref_grad, 1e-12 if dtype == torch.float64 else 1e-5, dtype, z)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])  # bfloat16: through float32 in the interpreter
 def test_fused_sdn_takes_half_inputs_and_computes_in_float32(dtype):
     fused, reference = _random_sdn_neuron("triton"), _random_sdn_neuron("torch")
@@ -206,6 +207,7 @@ def test_fused_vandermonde_equals_torch_reference(channels, dtype, length):
         torch.testing.assert_close(got.detach(), want.detach(), rtol=tol, atol=tol * scale)
 
 
+@pytest.mark.slow
 def test_fused_vandermonde_gradcheck_and_large_phases():
     g = torch.Generator().manual_seed(8)
     coeff = torch.randn(2, 2, 3, generator=g, dtype=torch.complex128).to(DEVICE).requires_grad_()
@@ -262,6 +264,7 @@ def test_layer_with_fused_kernels_equals_torch_layer_in_float64(kind, bidirectio
         torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.slow
 def test_autotuned_launches(monkeypatch):
     """The CUDA launch path (autotuner, grid from the chosen config) with one config each: the interpreter cannot
     time configurations, but the launch code runs as it does on a GPU."""
@@ -291,6 +294,7 @@ def test_autotuned_launches(monkeypatch):
                                rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_speed_benchmark_verifies_and_prints_every_soma(capsys):
     from benchmarks.neuron_speed import SOMAS, main
 
@@ -331,6 +335,7 @@ def test_implementation_switch(monkeypatch):
         select_implementation("sltt", "triton", cpu, model)
 
 
+@pytest.mark.slow
 def test_no_autotuning_inside_graph_capture(monkeypatch):
     """Inside CUDA-graph capture the config chosen before runs as a plain launch (the default config when nothing
     was tuned yet); the autotuner, which would time launches into the graph, is never called."""

@@ -3,6 +3,7 @@
 import os
 import socket
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -30,6 +31,7 @@ def _worker(rank: int, port: int, x: torch.Tensor, w: torch.Tensor, out_dir: str
     cleanup()
 
 
+@pytest.mark.slow
 def test_gloo_sync_bn_equals_global_batchnorm(tmp_path):
     torch.manual_seed(0)
     x = torch.randn(8, 3, 4, 4, dtype=torch.float64) * 2 + 1

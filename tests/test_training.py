@@ -12,6 +12,7 @@ from tests.cli_fork import run_forked
 from tests.helpers import TINY, compose_train, load_weights, read_summary, run_cli
 
 
+@pytest.mark.slow
 def test_short_run_lowers_validation_loss(tmp_path):
     cfg = compose_train(TINY + ["trainer.epochs=4", "dataset.train_size=512"])
     run.seed_everything(cfg.seed)
@@ -141,6 +142,7 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     assert read_summary(tmp_path)["status"] == "diverged"
 
 
+@pytest.mark.slow
 def test_ema_accumulation_and_eval_of_ema_weights(tmp_path, caplog):
     cfg = TINY + ["trainer.epochs=1", "trainer.grad_accum=2", "trainer.ema_decay=0.5", "trainer.grad_clip=1.0"]
     with caplog.at_level("INFO", logger="snn_engine.training.trainer"):
