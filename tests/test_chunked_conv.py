@@ -306,6 +306,7 @@ def test_the_speed_benchmark_prints_both_current_paths_part_by_part(capsys):
     assert out.count("chunked (torch)") >= 2  # the path column says what ran
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("soma", ["sdn", "sltt", "lif_parallel"])
 def test_the_fused_somas_read_the_chunked_currents_as_they_read_the_ffts(soma):
     """The Triton somas (interpreter on CPU) read the chunked path's contiguous [B, H, L] currents, not the FFT's

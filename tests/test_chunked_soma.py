@@ -115,6 +115,7 @@ def test_float32_equals_unfused_path(shape, bidirectional):
     assert all(error <= 1e-5 for error in errors.values()), errors
 
 
+@pytest.mark.slow
 def test_saves_only_the_inputs_for_backward():
     """Nothing of size [B, H, L] but ``u`` itself is kept between forward and backward (the currents are not)."""
     batch, width, length, modes, chunk = 3, 1, 350, 4, 32  # B H L above the operators' sizes (1024 at most)

@@ -248,6 +248,7 @@ def test_neurobench_agrees_with_our_counts():
     assert "BatchNorm1d" in nb["not_seen"] and "not seen by NeuroBench" in format_neurobench(nb)
 
 
+@pytest.mark.slow
 def test_eval_writes_every_view_and_neurobench_to_the_summary(tmp_path):
     """``eval.py`` end to end on a tiny sparse-MLP checkpoint: the views and NeuroBench land in summary.json, the
     figures exist, and the printed report has the energy table."""

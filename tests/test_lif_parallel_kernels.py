@@ -39,8 +39,7 @@ def _sequential(y: torch.Tensor, tau: float) -> tuple[torch.Tensor, torch.Tensor
     return h >= 1.0, h
 
 
-@pytest.mark.parametrize("length", [1, 5, 64, pytest.param(65, marks=pytest.mark.slow),
-                                    pytest.param(300, marks=pytest.mark.slow)])
+@pytest.mark.parametrize("length", [1, 5, *(pytest.param(n, marks=pytest.mark.slow) for n in (64, 65, 300))])
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_forward_equals_the_sequential_lif(length, dtype):
     for tau in (0.05, 0.125, 0.6, 0.95):
@@ -64,6 +63,7 @@ def test_the_launched_chunk_length():
     assert torch.equal(stats.chunk_scans[2:] > stats.row_scans[2:], torch.ones(3, dtype=torch.bool))  # 2 chunks
 
 
+@pytest.mark.slow
 def test_sweeps_shorten_chains_of_regular_firing():
     """Smooth currents fire regularly: each scan moves one spike of the chain; a sweep walks the rest of the chunk
     sequentially for the next guess, so a chunk settles in a few scans, exactly as before."""

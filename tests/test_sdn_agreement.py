@@ -70,6 +70,7 @@ def test_suite_cli_runs_on_a_tiny_size(tmp_path, capsys):
         main(["--weights", str(WEIGHTS), str(WEIGHTS), "--seqs", "1", "--no-real"])
 
 
+@pytest.mark.slow
 def test_layer_currents_are_the_neuron_inputs_and_deterministic(tmp_path):
     a = source_currents("shapes-rows", trained=True, time_steps=4096, steps=2)
     assert a.shape == (128, 32) and a.dtype == torch.float64 and torch.isfinite(a).all()  # 1 sample x 2 layers x 64

@@ -21,7 +21,7 @@ from spiking_ssm.s4d import S4DKernel, fft_conv, vandermonde_kernel
 from spiking_ssm.sdn.network import SDN, reduce_sdn
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-LENGTHS = [1, 5, 8, 9, pytest.param(263, marks=pytest.mark.slow)]  # 263: two SDN blocks of 256, the second partial
+LENGTHS = [1, 5, 8, pytest.param(9, marks=pytest.mark.slow), pytest.param(263, marks=pytest.mark.slow)]  # 263: two SDN blocks of 256, the second partial
 
 
 @pytest.fixture(autouse=True)
@@ -133,6 +133,7 @@ def test_fused_sltt_takes_half_inputs_and_computes_in_float32(dtype):
     torch.testing.assert_close(x.grad[same], x32.grad.to(dtype)[same], rtol=torch.finfo(dtype).eps, atol=0)
 
 
+@pytest.mark.slow
 def test_fused_sdn_follows_new_weights_and_skips_the_factor_without_grad():
     neuron = _random_sdn_neuron("triton", seed=3)
     y = _currents(30, torch.float32, "bhl")
@@ -242,6 +243,7 @@ def test_fft_conv_backward_is_exact(kernel_factor):
 # ---------------------------------------------------------------- the layer and the switch
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["sdn", "sltt"])
 @pytest.mark.parametrize("bidirectional", [True, False])
 def test_layer_with_fused_kernels_equals_torch_layer_in_float64(kind, bidirectional):

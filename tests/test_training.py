@@ -159,6 +159,7 @@ def test_ema_accumulation_and_eval_of_ema_weights(tmp_path, caplog):
     assert read_summary(tmp_path / "eval" / "e")["val"]["acc1"] == pytest.approx(summary["final"]["val_ema/acc1"])
 
 
+@pytest.mark.slow
 def test_default_logger_leaves_an_offline_wandb_run(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
     overrides = [o for o in TINY if o != "logger=none"] + ["trainer.max_steps=2", "logger=wandb"]
