@@ -1,5 +1,6 @@
-"""Test settings: W&B off, one or two threads per test process (never more than the cores it shares), Triton's CPU interpreter when there is no GPU, and paths to the
-repository and optional real data."""
+"""Test settings: W&B off, one or two threads per test process (never more than the cores it shares), Triton's CPU
+interpreter when there is no GPU, the order in which pytest-xdist starts the files, and paths to the repository and
+optional real data."""
 
 import os
 from pathlib import Path
