@@ -173,3 +173,11 @@ def test_a_package_re_exporting_its_children_is_no_circle(tmp_path):
         "pkg/blocks.py": "class Block:\n    pass\n",
     })
     assert find_cycle(import_graph(root, ("pkg",))) is None
+
+
+def test_the_files_started_first_exist(repo):
+    """tests/conftest.py's RUN_FIRST names files by their name: a renamed file would silently lose its early start."""
+    from tests.conftest import RUN_FIRST
+
+    missing = [name for name in RUN_FIRST if not (repo / "tests" / name).is_file()]
+    assert not missing, f"RUN_FIRST in tests/conftest.py names files that are not in tests/: {missing}"
